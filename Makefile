@@ -1,0 +1,28 @@
+# One-command entry points. Every target creates the environment first if it
+# is missing or stale (scripts/install.sh is a no-op when it is current).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= launch/configs/cartpole_impala.py
+ARGS ?=
+
+.PHONY: setup train test bench lock clean
+
+setup:
+	@bash scripts/install.sh
+
+train: setup
+	$(PY) -m launch.train --config=$(CONFIG) $(ARGS)
+
+test: setup
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests -q $(ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.throughput $(ARGS)
+
+# Regenerates requirements.lock from pyproject.toml (needs `uv` on PATH).
+lock:
+	uv pip compile pyproject.toml --extra test --python-version 3.10 \
+	  --python-platform x86_64-manylinux_2_28 --no-header -o requirements.lock
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
