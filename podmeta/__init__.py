@@ -1,0 +1,3 @@
+"""podmeta: a distributed meta-RL trainer (Launchpad actors -> Reverb -> pmapped JAX learner)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,195 @@
+"""The actor: a gymnasium vector env, a jitted policy on the CPU, and an unroll writer.
+
+Parameters are refreshed asynchronously: every `variable_update_period` vector
+steps the actor asks the learner for new ones and keeps acting with the old
+ones until the answer arrives.
+"""
+
+import threading
+import time
+from typing import Any, Callable, Optional, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from podmeta import core
+from podmeta import networks as networks_lib
+from podmeta.replay import Trajectory, UnrollWriter
+
+_FIRST_FETCH_TIMEOUT_SECONDS = 300.0
+
+
+def make_policy(network: networks_lib.Network, greedy: bool = False):
+  """jit(params, key, obs[E, ...]) -> (actions[E], logits[E, A]) on the CPU."""
+
+  def policy(params, key, obs):
+    logits, _ = network.apply(params, obs)
+    if greedy:
+      action = jnp.argmax(logits, axis=-1)
+    else:
+      action = jax.random.categorical(key, logits)
+    return action.astype(jnp.int32), logits
+
+  return jax.jit(policy, backend="cpu")
+
+
+class VariableClient:
+  """Fetches (version, params) from a VariableSource without blocking the caller.
+
+  `source` is either a local VariableSource or a courier client, whose
+  `futures.get_variables()` returns a concurrent future.
+  """
+
+  def __init__(self, source, update_period: int):
+    self._source = source
+    self._period = update_period
+    self._calls = 0
+    self._future = None
+    self.version, params = self._fetch_blocking()
+    self.params = jax.device_put(params, jax.devices("cpu")[0])
+
+  def _fetch_blocking(self) -> Tuple[int, Any]:
+    # The learner may still be starting (its server comes up after its state
+    # is built), and remote calls have a deadline: retry for a while.
+    deadline = time.monotonic() + _FIRST_FETCH_TIMEOUT_SECONDS
+    while True:
+      try:
+        return self._source.get_variables()
+      except Exception as e:  # pylint: disable=broad-except
+        if time.monotonic() > deadline:
+          raise RuntimeError(f"no parameters from the learner: {e}") from e
+        time.sleep(0.5)
+
+  def update(self) -> None:
+    self._calls += 1
+    if self._future is not None and self._future.done():
+      try:
+        version, params = self._future.result()
+        self.version, self.params = version, jax.device_put(params, jax.devices("cpu")[0])
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("parameter refresh failed: %s", e)
+      self._future = None
+    if self._future is None and self._calls % self._period == 0:
+      futures = getattr(self._source, "futures", None)
+      if futures is not None:
+        self._future = futures.get_variables()
+      else:
+        self.version, params = self._fetch_blocking()
+        self.params = jax.device_put(params, jax.devices("cpu")[0])
+
+
+class EpisodeTracker:
+  """Returns and lengths of the episodes a vector env finishes."""
+
+  def __init__(self, num_envs: int):
+    self._ret = np.zeros(num_envs, np.float64)
+    self._len = np.zeros(num_envs, np.int64)
+
+  def step(self, reward, terminated, truncated, was_reset):
+    """Call after env.step; `was_reset` marks envs whose step was a reset."""
+    live = ~was_reset
+    self._ret += np.where(live, reward, 0.0)
+    self._len += live
+    done = np.logical_or(terminated, truncated)
+    finished = (self._ret[done].tolist(), self._len[done].tolist())
+    self._ret[done] = 0.0
+    self._len[done] = 0
+    return finished
+
+
+class Actor(core.Worker):
+  """Steps a vector env with the latest policy and writes unrolls to replay."""
+
+  def __init__(self, env, network: networks_lib.Network, variable_source, writer: UnrollWriter,
+               key: jax.Array, variable_update_period: int,
+               report: Optional[Callable[..., Any]] = None, logger=None,
+               report_every_seconds: float = 1.0,
+               stop_event: Optional[threading.Event] = None):
+    self._env = env
+    self._policy = make_policy(network)
+    self._variables = VariableClient(variable_source, variable_update_period)
+    self._writer = writer
+    self._key = key
+    self._report = report
+    self._logger = logger
+    self._report_every = report_every_seconds
+    self._stop_event = stop_event
+    self._num_envs = env.num_envs
+    self._episodes = EpisodeTracker(self._num_envs)
+
+  def run(self, max_steps: Optional[int] = None) -> int:
+    """Acts until stopped (or for `max_steps` vector steps). Returns env steps taken."""
+    stop = core.resolve_stop_event(self._stop_event)
+    n = self._num_envs
+    obs, _ = self._env.reset()
+    reward = np.zeros(n, np.float32)
+    discount = np.ones(n, np.float32)
+    is_first = np.ones(n, np.bool_)
+    done = np.zeros(n, np.bool_)  # whether obs is the last one of its episode
+    env_steps = 0
+    unreported = {"env_steps": 0, "returns": [], "lengths": []}
+    last_report = t0 = time.monotonic()
+    steps_at_last_report = 0
+    vector_steps = 0
+    try:
+      while not stop.is_set() and (max_steps is None or vector_steps < max_steps):
+        self._variables.update()
+        self._key, sub = jax.random.split(self._key)
+        action, logits = self._policy(self._variables.params, sub, obs)
+        action = np.asarray(action)
+        step = Trajectory(
+            observation=obs, action=action, reward=reward, discount=discount,
+            is_first=is_first, behaviour_logits=np.asarray(logits),
+            policy_version=np.full(n, self._variables.version, np.int32))
+        if self._writer.append(step):
+          self._flush_until_written(stop)
+        obs, r, terminated, truncated, _ = self._env.step(action)
+        # Next-step autoreset: an env whose episode ended on the previous step
+        # was reset by this one (its action ignored, reward 0).
+        returns, lengths = self._episodes.step(r, terminated, truncated, was_reset=done)
+        reward = r.astype(np.float32)
+        discount = 1.0 - terminated.astype(np.float32)
+        is_first = done
+        done = np.logical_or(terminated, truncated)
+        vector_steps += 1
+        env_steps += n
+        unreported["env_steps"] += n
+        unreported["returns"] += returns
+        unreported["lengths"] += lengths
+        now = time.monotonic()
+        if now - last_report >= self._report_every:
+          self._publish(unreported, env_steps, (env_steps - steps_at_last_report) / (now - last_report))
+          unreported = {"env_steps": 0, "returns": [], "lengths": []}
+          last_report, steps_at_last_report = now, env_steps
+    finally:
+      if unreported["env_steps"] and not stop.is_set():
+        self._publish(unreported, env_steps, env_steps / max(time.monotonic() - t0, 1e-9))
+      self._writer.close()
+    return env_steps
+
+  def _flush_until_written(self, stop: threading.Event) -> None:
+    # A full queue blocks the flush (back-pressure from the learner); wake up
+    # regularly so a stop request is seen.
+    import reverb  # pylint: disable=g-import-not-at-top
+    while not stop.is_set():
+      try:
+        self._writer.flush(timeout_ms=500)
+        return
+      except reverb.errors.DeadlineExceededError:
+        continue
+
+  def _publish(self, stats, total_steps: int, steps_per_second: float) -> None:
+    if self._logger is not None:
+      row = {"actor_env_steps": total_steps, "env_steps_per_second": steps_per_second,
+             "policy_version": self._variables.version}
+      if stats["returns"]:
+        row["episode_return"] = float(np.mean(stats["returns"]))
+        row["episode_length"] = float(np.mean(stats["lengths"]))
+      self._logger.write(row)
+    if self._report is not None:
+      try:
+        self._report(stats["env_steps"], stats["returns"], stats["lengths"])
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("could not report actor stats: %s", e)

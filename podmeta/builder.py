@@ -1,0 +1,182 @@
+"""The single wiring point: config -> networks, nodes and the Launchpad program.
+
+`make_program(config, run_dir)` is what both the launch script and the tests
+build, so tests run the same program a user does. `preflight` checks every
+input that can be checked before a node starts.
+"""
+
+import dataclasses
+import datetime
+import functools
+import json
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+
+import envs
+from podmeta import losses
+from podmeta.checkpointing import Checkpointer
+from podmeta.config import Config
+from podmeta import learning
+from podmeta import loggers
+from podmeta.logging_setup import quiet_third_party_logs
+from podmeta import networks as networks_lib
+from podmeta import replay as replay_lib
+
+# Seeds of the nodes are derived from config.seed with these offsets so that
+# actors, evaluator and learner never share a stream.
+_LEARNER_SEED, _EVAL_SEED, _ACTOR_SEED = 0, 1, 1000
+_CALL_TIMEOUT_SECONDS = 5.0
+
+
+def make_network(config: Config, spec: envs.EnvSpec) -> networks_lib.Network:
+  return networks_lib.make_network(config.torso, config.hidden_sizes, spec.obs_shape,
+                                   spec.num_actions)
+
+
+def make_optimizer(config: Config):
+  return learning.make_optimizer(config.optimizer, config.learning_rate, config.max_grad_norm,
+                                 config.rmsprop_decay, config.optimizer_eps)
+
+
+def loss_hyperparams(config: Config) -> losses.LossHyperparams:
+  return losses.LossHyperparams(discount=config.discount, vtrace_lambda=config.vtrace_lambda,
+                                entropy_cost=config.entropy_cost,
+                                baseline_cost=config.baseline_cost)
+
+
+def make_spec(config: Config, spec: envs.EnvSpec) -> replay_lib.Trajectory:
+  return replay_lib.trajectory_spec(spec.obs_shape, spec.obs_dtype, spec.num_actions,
+                                    config.unroll_length)
+
+
+def make_learner(config: Config, spec: envs.EnvSpec, devices=None) -> learning.Learner:
+  dummy_obs = np.zeros((1,) + spec.obs_shape, spec.obs_dtype)
+  return learning.Learner(
+      make_network(config, spec), make_optimizer(config), loss_hyperparams(config), dummy_obs,
+      jax.random.PRNGKey(config.seed * 7919 + _LEARNER_SEED), devices=devices,
+      clip_rho_threshold=config.clip_rho_threshold,
+      clip_pg_rho_threshold=config.clip_pg_rho_threshold)
+
+
+def make_checkpointer(config: Config, run_dir: str) -> Checkpointer:
+  return Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoints_to_keep)
+
+
+def make_tables(config: Config, spec: envs.EnvSpec):
+  return replay_lib.make_tables(
+      make_spec(config, spec), replay=config.replay, max_size=config.replay_max_size,
+      samples_per_insert=config.samples_per_insert, min_size=config.min_replay_size,
+      batch_size=config.batch_size)
+
+
+# -- node constructors (run inside the node's thread or process) --------------
+
+def build_learner_node(config: Config, run_dir: str, replay_client, stop_program=None):
+  quiet_third_party_logs()
+  from podmeta.learner_node import Budget, LearnerNode, PROGRESS_KEYS
+  spec = envs.env_spec(config.env_id)
+  learner = make_learner(config, spec)
+  address = replay_client.server_address
+  return LearnerNode(
+      learner=learner,
+      make_prefetcher=lambda: replay_lib.Prefetcher(address, config.batch_size, learner.devices,
+                                                    config.prefetch_size),
+      checkpointer=make_checkpointer(config, run_dir),
+      run_dir=run_dir,
+      budget=Budget(config.max_env_steps, config.max_learner_steps, config.max_seconds),
+      env_steps_per_batch=config.batch_size * config.unroll_length,
+      logger=loggers.make_logger(run_dir, "learner", "env_steps",
+                                 terminal_every=0.0, terminal_keys=PROGRESS_KEYS),
+      log_every_seconds=config.log_every_seconds,
+      checkpoint_every_seconds=config.checkpoint_every_seconds,
+      stop_program=stop_program)
+
+
+def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_client, learner):
+  quiet_third_party_logs()
+  from podmeta.acting import Actor
+  spec = envs.env_spec(config.env_id)
+  seed = config.seed * 7919 + _ACTOR_SEED + actor_id
+  env = envs.make_vector_env(config.env_id, config.envs_per_actor, seed)
+  report = learner.futures.report_actor if hasattr(learner, "futures") else learner.report_actor
+  return Actor(
+      env=env, network=make_network(config, spec), variable_source=learner,
+      writer=replay_lib.UnrollWriter(replay_client, make_spec(config, spec), config.envs_per_actor),
+      key=jax.random.PRNGKey(seed), variable_update_period=config.variable_update_period,
+      report=report,
+      logger=loggers.make_logger(run_dir, f"actor_{actor_id}", "actor_env_steps"))
+
+
+def build_evaluator(config: Config, run_dir: Optional[str], learner):
+  quiet_third_party_logs()
+  from podmeta.evaluation import Evaluator
+  spec = envs.env_spec(config.env_id)
+  seed = config.seed * 7919 + _EVAL_SEED
+  return Evaluator(
+      env=envs.make_vector_env(config.env_id, config.eval_episodes, seed),
+      network=make_network(config, spec), variable_source=learner,
+      key=jax.random.PRNGKey(seed), every_seconds=config.eval_every_seconds,
+      logger=loggers.make_logger(run_dir, "evaluator", "learner_steps"),
+      report=learner.report_eval)
+
+
+def _lp_stop():
+  import launchpad as lp
+  lp.stop()
+
+
+def make_program(config: Config, run_dir: str):
+  """The Launchpad program: replay, learner, `num_actors` actors, evaluator."""
+  import launchpad as lp
+  spec = envs.env_spec(config.env_id)
+  program = lp.Program("podmeta")
+  with program.group("replay"):
+    replay = program.add_node(lp.ReverbNode(functools.partial(make_tables, config, spec)))
+  with program.group("learner"):
+    learner = program.add_node(
+        lp.CourierNode(build_learner_node, config, run_dir, replay, stop_program=_lp_stop))
+    # Bounded calls: a call left waiting on a learner that has shut down would
+    # otherwise block its client's destructor, and so the process exit.
+    learner.set_client_kwargs(call_timeout=datetime.timedelta(seconds=_CALL_TIMEOUT_SECONDS))
+  with program.group("actor"):
+    for i in range(config.num_actors):
+      program.add_node(lp.CourierNode(build_actor, config, i, run_dir, replay, learner))
+  if config.eval_episodes > 0:
+    with program.group("evaluator"):
+      program.add_node(lp.CourierNode(build_evaluator, config, run_dir, learner))
+  return program
+
+
+# -- checks before anything starts ---------------------------------------------
+
+def preflight(config: Config, run_dir: str, num_devices: Optional[int] = None) -> None:
+  """Raises ValueError with a one-line message for any input that cannot work."""
+  envs.check_env_id(config.env_id)
+  spec = envs.env_spec(config.env_id)
+  n = num_devices or jax.local_device_count()
+  if config.batch_size % n:
+    raise ValueError(f"config field 'batch_size' ({config.batch_size}) is not divisible by "
+                     f"the number of learner devices ({n})")
+  if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+    raise ValueError(f"run_dir {run_dir!r} exists and is not a directory")
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
+  if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    learner_template = learning.init_state(
+        make_network(config, spec), make_optimizer(config), jax.random.PRNGKey(0),
+        np.zeros((1,) + spec.obs_shape, spec.obs_dtype))
+    checkpointer = make_checkpointer(config, run_dir)
+    try:
+      checkpointer.restore_latest(learner_template)  # raises CheckpointError (a ValueError)
+    finally:
+      checkpointer.close()
+
+
+def write_config(config: Config, run_dir: str) -> str:
+  os.makedirs(run_dir, exist_ok=True)
+  path = os.path.join(run_dir, "config.json")
+  with open(path, "w") as f:
+    json.dump(dataclasses.asdict(config), f, indent=2)
+  return path

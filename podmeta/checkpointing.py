@@ -1,0 +1,90 @@
+"""Orbax checkpoints of the full learner state plus the run's counters.
+
+Orbax writes each step to a temporary directory and renames it when complete,
+so an interrupted save never replaces the last good checkpoint. Restoring is
+validated against the structure the learner expects, and `check_restorable`
+lets the launcher refuse a bad checkpoint before any node starts.
+"""
+
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from absl import logging
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be read or does not fit this run."""
+
+
+class Checkpointer:
+
+  def __init__(self, directory: str, max_to_keep: int = 3):
+    self._directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self._directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False),
+        item_names=("state", "counters"))
+
+  @property
+  def directory(self) -> str:
+    return self._directory
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, counters: Dict[str, Any]) -> str:
+    """Saves host-array `state` and JSON-able `counters` under `step`."""
+    state = jax.tree.map(np.asarray, state)
+    if step in self._manager.all_steps():
+      return os.path.join(self._directory, str(step))
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        counters=ocp.args.JsonSave(counters)), force=True)
+    self._manager.wait_until_finished()
+    logging.info("checkpoint saved: step %d in %s", step, self._directory)
+    return os.path.join(self._directory, str(step))
+
+  def restore_latest(self, template: Any) -> Optional[Tuple[Any, Dict[str, Any]]]:
+    """(state, counters) of the latest checkpoint, or None if there is none.
+
+    Raises CheckpointError naming the checkpoint if it cannot be read or its
+    arrays do not match `template`.
+    """
+    step = self.latest_step()
+    if step is None:
+      return None
+    path = os.path.join(self._directory, str(step))
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), template)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract),
+          counters=ocp.args.JsonRestore()))
+      state = jax.tree.map(np.asarray, restored["state"])
+      counters = dict(restored["counters"])
+    except Exception as e:  # pylint: disable=broad-except
+      msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise CheckpointError(f"unreadable checkpoint {path}: {msg[:300]}") from e
+    _check_matches(template, state, path)
+    return state, counters
+
+  def close(self):
+    self._manager.close()
+
+
+def _check_matches(template, state, path):
+  t_leaves, t_tree = jax.tree.flatten(template)
+  s_leaves, s_tree = jax.tree.flatten(state)
+  if t_tree != s_tree:
+    raise CheckpointError(f"checkpoint {path} does not match this config's network/optimizer")
+  for t, s in zip(t_leaves, s_leaves):
+    if np.shape(t) != np.shape(s):
+      raise CheckpointError(
+          f"checkpoint {path} does not match this config's network "
+          f"(array of shape {np.shape(s)}, expected {np.shape(t)})")
+    if not np.all(np.isfinite(s)) and np.issubdtype(np.asarray(s).dtype, np.floating):
+      raise CheckpointError(f"checkpoint {path} holds non-finite values")

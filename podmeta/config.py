@@ -1,0 +1,177 @@
+"""The typed run configuration, validated once at the boundary.
+
+A `Config` is built from a mapping (a config file's ConfigDict plus command
+line overrides) by `Config.from_mapping`, which rejects unknown fields and
+out-of-range values with a `ValueError` naming the field. It is frozen: code
+downstream never mutates it.
+"""
+
+import dataclasses
+from typing import Any, Mapping, Tuple
+
+_OPTIMIZERS = ("adam", "rmsprop")
+_TORSOS = ("mlp", "conv")
+_REPLAYS = ("queue", "uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything a run needs besides its run directory and launch mode."""
+
+  # Environment and actors.
+  env_id: str = "CartPole-v1"
+  num_actors: int = 2
+  envs_per_actor: int = 16
+  seed: int = 0
+  # How many actor steps (vector steps) between parameter requests.
+  variable_update_period: int = 10
+
+  # Network.
+  torso: str = "mlp"
+  hidden_sizes: Tuple[int, ...] = (64, 64)
+
+  # Unrolls and batches. A batch holds `batch_size` unrolls of `unroll_length`
+  # transitions each, split evenly over the learner's devices.
+  unroll_length: int = 20
+  batch_size: int = 32
+
+  # IMPALA / V-trace loss.
+  discount: float = 0.99
+  vtrace_lambda: float = 1.0
+  clip_rho_threshold: float = 1.0
+  clip_pg_rho_threshold: float = 1.0
+  entropy_cost: float = 0.01
+  baseline_cost: float = 0.5
+
+  # Optimiser.
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  max_grad_norm: float = 40.0
+  rmsprop_decay: float = 0.99
+  optimizer_eps: float = 1e-6
+
+  # Replay. "queue": each unroll is consumed exactly once, actors block when
+  # the queue is full. "uniform": uniform sampling, rate-limited to
+  # `samples_per_insert` samples per inserted unroll.
+  replay: str = "queue"
+  replay_max_size: int = 2048
+  samples_per_insert: float = 1.0
+  min_replay_size: int = 64
+  prefetch_size: int = 2
+
+  # Evaluation.
+  eval_episodes: int = 10
+  eval_every_seconds: float = 15.0
+
+  # Budgets: the run stops at the first one reached; 0 means no limit.
+  max_env_steps: int = 500_000
+  max_learner_steps: int = 0
+  max_seconds: float = 0.0
+
+  # Outputs.
+  log_every_seconds: float = 5.0
+  checkpoint_every_seconds: float = 120.0
+  checkpoints_to_keep: int = 3
+
+  @classmethod
+  def from_mapping(cls, values: Mapping[str, Any]) -> "Config":
+    """Builds a validated Config; raises ValueError naming a bad field."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+      raise ValueError(f"unknown config field {unknown[0]!r}")
+    kwargs = {}
+    for name, value in values.items():
+      default = getattr(cls, name)
+      kwargs[name] = _coerce(name, value, default)
+    return cls(**kwargs)
+
+  def replace(self, **changes) -> "Config":
+    """A validated copy with some fields changed."""
+    return Config.from_mapping({**self.to_dict(), **changes})
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def __post_init__(self):
+    _validate(self)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+  """Converts `value` to the type of the field's default, or raises."""
+  try:
+    if isinstance(default, bool):
+      if not isinstance(value, bool):
+        raise TypeError
+      return value
+    if isinstance(default, int):
+      if isinstance(value, bool) or int(value) != value:
+        raise TypeError
+      return int(value)
+    if isinstance(default, float):
+      if isinstance(value, bool):
+        raise TypeError
+      return float(value)
+    if isinstance(default, str):
+      if not isinstance(value, str):
+        raise TypeError
+      return value
+    if isinstance(default, tuple):
+      if isinstance(value, (str, bytes)):
+        raise TypeError
+      items = tuple(value)
+      if default and isinstance(default[0], int):
+        if any(isinstance(v, bool) or int(v) != v for v in items):
+          raise TypeError
+        items = tuple(int(v) for v in items)
+      return items
+  except (TypeError, ValueError):
+    pass
+  else:
+    return value
+  raise ValueError(
+      f"config field {name!r}: expected {type(default).__name__}, got {value!r}")
+
+
+def _validate(c: Config) -> None:
+  def require(ok: bool, field: str, why: str):
+    if not ok:
+      raise ValueError(f"config field {field!r} {why} (got {getattr(c, field)!r})")
+
+  require(bool(c.env_id), "env_id", "must be a gymnasium environment id")
+  require(c.num_actors >= 1, "num_actors", "must be at least 1")
+  require(c.envs_per_actor >= 1, "envs_per_actor", "must be at least 1")
+  require(c.variable_update_period >= 1, "variable_update_period", "must be at least 1")
+  require(c.torso in _TORSOS, "torso", f"must be one of {_TORSOS}")
+  require(len(c.hidden_sizes) >= 1 and all(h >= 1 for h in c.hidden_sizes),
+          "hidden_sizes", "must be a non-empty tuple of positive sizes")
+  require(c.unroll_length >= 1, "unroll_length", "must be at least 1")
+  require(c.batch_size >= 1, "batch_size", "must be at least 1")
+  require(0.0 <= c.discount <= 1.0, "discount", "must be in [0, 1]")
+  require(0.0 <= c.vtrace_lambda <= 1.0, "vtrace_lambda", "must be in [0, 1]")
+  require(c.clip_rho_threshold > 0, "clip_rho_threshold", "must be positive")
+  require(c.clip_pg_rho_threshold > 0, "clip_pg_rho_threshold", "must be positive")
+  require(c.entropy_cost >= 0, "entropy_cost", "must be non-negative")
+  require(c.baseline_cost >= 0, "baseline_cost", "must be non-negative")
+  require(c.optimizer in _OPTIMIZERS, "optimizer", f"must be one of {_OPTIMIZERS}")
+  require(c.learning_rate > 0, "learning_rate", "must be positive")
+  require(c.max_grad_norm > 0, "max_grad_norm", "must be positive")
+  require(0.0 < c.rmsprop_decay < 1.0, "rmsprop_decay", "must be in (0, 1)")
+  require(c.optimizer_eps > 0, "optimizer_eps", "must be positive")
+  require(c.replay in _REPLAYS, "replay", f"must be one of {_REPLAYS}")
+  require(c.replay_max_size >= c.batch_size, "replay_max_size",
+          "must hold at least one batch (batch_size unrolls)")
+  require(c.samples_per_insert > 0, "samples_per_insert", "must be positive")
+  require(1 <= c.min_replay_size <= c.replay_max_size, "min_replay_size",
+          "must be in [1, replay_max_size]")
+  require(c.prefetch_size >= 1, "prefetch_size", "must be at least 1")
+  require(c.eval_episodes >= 0, "eval_episodes", "must be non-negative")
+  require(c.eval_every_seconds > 0, "eval_every_seconds", "must be positive")
+  require(c.max_env_steps >= 0, "max_env_steps", "must be non-negative (0: no limit)")
+  require(c.max_learner_steps >= 0, "max_learner_steps", "must be non-negative (0: no limit)")
+  require(c.max_seconds >= 0, "max_seconds", "must be non-negative (0: no limit)")
+  require(c.max_env_steps or c.max_learner_steps or c.max_seconds, "max_env_steps",
+          "is 0 and so are max_learner_steps and max_seconds: the run would never stop")
+  require(c.log_every_seconds > 0, "log_every_seconds", "must be positive")
+  require(c.checkpoint_every_seconds > 0, "checkpoint_every_seconds", "must be positive")
+  require(c.checkpoints_to_keep >= 1, "checkpoints_to_keep", "must be at least 1")

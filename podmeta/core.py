@@ -1,0 +1,61 @@
+"""Small interfaces between podmeta's roles, so the transport stays swappable.
+
+Launchpad and Reverb wire the roles together in `podmeta.builder`; nothing
+below depends on either.
+"""
+
+import abc
+import threading
+from typing import Any, Callable, Optional, Tuple
+
+
+class VariableSource(abc.ABC):
+  """Something that serves the latest policy parameters."""
+
+  @abc.abstractmethod
+  def get_variables(self) -> Tuple[int, Any]:
+    """Returns (version, params) with params as host (numpy) arrays.
+
+    The version is the learner step that produced the parameters; actors tag
+    their data with it so the learner can measure policy lag.
+    """
+
+
+class Worker(abc.ABC):
+  """A node's main loop."""
+
+  @abc.abstractmethod
+  def run(self) -> None:
+    """Runs until the program is asked to stop (or a budget ends it)."""
+
+
+class Saveable(abc.ABC):
+  """State that can be checkpointed and restored."""
+
+  @abc.abstractmethod
+  def save(self) -> Any:
+    """Returns the state as a pytree of host arrays."""
+
+  @abc.abstractmethod
+  def restore(self, state: Any) -> None:
+    """Restores from what `save` returned."""
+
+
+def launchpad_stop_event() -> threading.Event:
+  """The running Launchpad program's stop event, or a private never-set one.
+
+  Outside a Launchpad node (unit tests, benchmarks) there is no worker
+  manager; callers then pass their own event or run for a bounded count.
+  """
+  try:
+    import launchpad as lp
+    return lp.stop_event()
+  except RuntimeError:
+    return threading.Event()
+
+
+StopPredicate = Callable[[], bool]
+
+
+def resolve_stop_event(stop_event: Optional[threading.Event]) -> threading.Event:
+  return stop_event if stop_event is not None else launchpad_stop_event()

@@ -1,0 +1,221 @@
+"""The learner node: trains, serves parameters, keeps the run's counters and ends the run.
+
+Besides stepping the `Learner`, this node is the run's single point of truth:
+actors report their env steps and finished episodes to it, the evaluator its
+returns; it checks the budgets, writes checkpoints, metrics and
+`summary.json`, and asks the program to stop when a budget is reached.
+"""
+
+import collections
+import dataclasses
+import json
+import os
+import threading
+import time
+from typing import Callable, List, Optional
+
+from absl import logging
+import jax
+import numpy as np
+
+from podmeta import core
+from podmeta import plotting
+from podmeta.checkpointing import Checkpointer
+from podmeta.learning import Learner
+
+_SHUTDOWN_GRACE_SECONDS = 1.0
+
+PROGRESS_KEYS = ["env_steps", "env_steps_per_second", "learner_steps", "episode_return_mean",
+                 "eval_return", "policy_lag", "loss"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  max_env_steps: int = 0
+  max_learner_steps: int = 0
+  max_seconds: float = 0.0
+
+  def reached(self, env_steps: int, learner_steps: int, seconds: float) -> Optional[str]:
+    if self.max_env_steps and env_steps >= self.max_env_steps:
+      return "max_env_steps"
+    if self.max_learner_steps and learner_steps >= self.max_learner_steps:
+      return "max_learner_steps"
+    if self.max_seconds and seconds >= self.max_seconds:
+      return "max_seconds"
+    return None
+
+
+class LearnerNode(core.Worker, core.VariableSource):
+
+  def __init__(self, learner: Learner, make_prefetcher: Callable, checkpointer: Checkpointer,
+               run_dir: str, budget: Budget, env_steps_per_batch: int, logger=None,
+               log_every_seconds: float = 5.0, checkpoint_every_seconds: float = 120.0,
+               stop_program: Optional[Callable[[], None]] = None,
+               stop_event: Optional[threading.Event] = None):
+    self._learner = learner
+    self._make_prefetcher = make_prefetcher
+    self._checkpointer = checkpointer
+    self._run_dir = run_dir
+    self._budget = budget
+    self._env_steps_per_batch = env_steps_per_batch
+    self._logger = logger
+    self._log_every = log_every_seconds
+    self._checkpoint_every = checkpoint_every_seconds
+    self._stop_program = stop_program
+    self._stop_event = stop_event
+    self._lock = threading.Lock()
+    # Counters that survive a resume.
+    self._env_steps = 0
+    self._episodes = 0
+    self._recent_returns = collections.deque(maxlen=100)
+    self._eval_return = float("nan")
+    self._wall_seconds_before = 0.0
+    self._restore()
+    self._env_steps_at_start = self._env_steps
+    self._learner_steps_at_start = self._learner.step_count
+
+  # -- courier API ----------------------------------------------------------
+
+  def get_variables(self):
+    return self._learner.get_variables()
+
+  def report_actor(self, env_steps: int, returns: List[float], lengths: List[int]) -> None:
+    del lengths
+    with self._lock:
+      self._env_steps += int(env_steps)
+      self._episodes += len(returns)
+      self._recent_returns.extend(float(r) for r in returns)
+
+  def report_eval(self, version: int, mean_return: float) -> int:
+    del version
+    with self._lock:
+      self._eval_return = float(mean_return)
+      return self._env_steps
+
+  # -- main loop ------------------------------------------------------------
+
+  def run(self) -> None:
+    stop = core.resolve_stop_event(self._stop_event)
+    start = time.monotonic()
+    prefetcher = self._make_prefetcher()
+    last_log = last_ckpt = start
+    steps_at_last_log, env_at_last_log = self._learner.step_count, self._env_steps
+    metrics, lags = None, []
+    exit_reason = None
+    try:
+      while True:
+        if stop.is_set():
+          exit_reason = "stopped"
+          break
+        exit_reason = self._budget.reached(self._env_steps, self._learner.step_count,
+                                           time.monotonic() - start)
+        if exit_reason:
+          break
+        item = prefetcher.get(timeout=0.25)
+        if item is not None:
+          batch, version = item
+          lags.append(self._learner.step_count - version)
+          metrics = self._learner.step(batch)
+        now = time.monotonic()
+        if now - last_log >= self._log_every:
+          self._log(metrics, lags, now - last_log, steps_at_last_log, env_at_last_log)
+          last_log, steps_at_last_log, env_at_last_log = now, self._learner.step_count, self._env_steps
+          lags = []
+        if now - last_ckpt >= self._checkpoint_every:
+          self._save(time.monotonic() - start)
+          last_ckpt = now
+    finally:
+      prefetcher.close()
+      wall = time.monotonic() - start
+      if metrics is not None or lags:
+        self._log(metrics, lags, max(time.monotonic() - last_log, 1e-9),
+                  steps_at_last_log, env_at_last_log)
+      self._save(wall)
+      self._write_summary(exit_reason or "error", wall)
+      if self._logger is not None:
+        self._logger.close()
+      try:
+        plotting.plot_run(self._run_dir)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("could not plot the learning curve: %s", e)
+      logging.info("learner finished (%s) after %.1fs: %s", exit_reason, wall, self._run_dir)
+    if exit_reason != "stopped" and self._stop_program is not None:
+      self._stop_program()
+      # Keep serving until the stop request has reached every node, so that
+      # calls already in flight from actors and the evaluator complete
+      # instead of waiting on a server that is gone.
+      stop.wait(timeout=10.0)
+      time.sleep(_SHUTDOWN_GRACE_SECONDS)
+
+  # -- helpers --------------------------------------------------------------
+
+  def _counters(self, wall_seconds: float) -> dict:
+    with self._lock:
+      return {"env_steps": self._env_steps, "learner_steps": self._learner.step_count,
+              "episodes": self._episodes, "recent_returns": list(self._recent_returns),
+              "eval_return": None if np.isnan(self._eval_return) else self._eval_return,
+              "wall_seconds_total": self._wall_seconds_before + wall_seconds}
+
+  def _save(self, wall_seconds: float) -> None:
+    self._checkpointer.save(self._learner.step_count, self._learner.save(),
+                            self._counters(wall_seconds))
+
+  def _restore(self) -> None:
+    restored = self._checkpointer.restore_latest(self._learner.template)
+    if restored is None:
+      return
+    state, counters = restored
+    self._learner.restore(state)
+    self._env_steps = int(counters.get("env_steps", 0))
+    self._episodes = int(counters.get("episodes", 0))
+    self._recent_returns.extend(counters.get("recent_returns", []))
+    if counters.get("eval_return") is not None:
+      self._eval_return = float(counters["eval_return"])
+    self._wall_seconds_before = float(counters.get("wall_seconds_total", 0.0))
+    logging.info("resumed from checkpoint: learner step %d, env step %d",
+                 self._learner.step_count, self._env_steps)
+
+  def _log(self, metrics, lags, seconds, steps_before, env_before) -> None:
+    if self._logger is None:
+      return
+    with self._lock:
+      row = {"env_steps": self._env_steps, "learner_steps": self._learner.step_count,
+             "episodes": self._episodes,
+             "env_steps_per_second": (self._env_steps - env_before) / seconds,
+             "learner_steps_per_second": (self._learner.step_count - steps_before) / seconds,
+             "consumed_env_steps_per_second":
+                 (self._learner.step_count - steps_before) * self._env_steps_per_batch / seconds}
+      if self._recent_returns:
+        row["episode_return_mean"] = float(np.mean(self._recent_returns))
+      if not np.isnan(self._eval_return):
+        row["eval_return"] = self._eval_return
+    if lags:
+      row["policy_lag"] = float(np.mean(lags))
+      row["policy_lag_max"] = float(np.max(lags))
+    if metrics is not None:
+      row.update({k: float(np.asarray(v)[0]) for k, v in jax.device_get(metrics).items()})
+    self._logger.write(row)
+
+  def _write_summary(self, exit_reason: str, wall: float) -> None:
+    c = self._counters(wall)
+    steps = c["env_steps"] - self._env_steps_at_start
+    summary = {
+        "env_steps": c["env_steps"],
+        "learner_steps": c["learner_steps"],
+        "episodes": c["episodes"],
+        "episode_return_mean": float(np.mean(c["recent_returns"])) if c["recent_returns"] else None,
+        "eval_return_mean": c["eval_return"],
+        "wall_seconds": wall,
+        "wall_seconds_total": c["wall_seconds_total"],
+        "env_steps_per_second": steps / wall if wall > 0 else 0.0,
+        "exit_reason": exit_reason,
+        "resumed_from_env_steps": self._env_steps_at_start,
+        "resumed_from_learner_steps": self._learner_steps_at_start,
+        "checkpoint_dir": self._checkpointer.directory,
+        "latest_checkpoint_step": self._checkpointer.latest_step(),
+    }
+    path = os.path.join(self._run_dir, "summary.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(summary, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,162 @@
+"""The learner: its state, the pure update step and its pmapped runner.
+
+`make_update_fn` returns a pure `(state, batch) -> (state, metrics)` function
+that is `jax.pmap`-ed over every local device with the name `AXIS`; gradients
+and metrics are pmean-ed over it, so every device holds identical state.
+"""
+
+import functools
+import threading
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from podmeta import core
+from podmeta import losses
+from podmeta import networks as networks_lib
+from podmeta.replay import Trajectory
+
+AXIS = "devices"
+
+
+class LearnerState(NamedTuple):
+  params: Any
+  opt_state: Any
+  step: jnp.ndarray  # learner steps taken, int32 scalar
+
+
+def make_optimizer(name: str, learning_rate: float, max_grad_norm: float,
+                   rmsprop_decay: float = 0.99, eps: float = 1e-6
+                   ) -> optax.GradientTransformation:
+  if name == "adam":
+    opt = optax.adam(learning_rate, eps=eps)
+  elif name == "rmsprop":
+    opt = optax.rmsprop(learning_rate, decay=rmsprop_decay, eps=eps)
+  else:
+    raise ValueError(f"unknown optimizer {name!r}")
+  return optax.chain(optax.clip_by_global_norm(max_grad_norm), opt)
+
+
+def batch_loss(network: networks_lib.Network, params, batch: Trajectory,
+               hyper: losses.LossHyperparams, clip_rho_threshold: float,
+               clip_pg_rho_threshold: float) -> Tuple[jnp.ndarray, losses.LossOutput]:
+  """Mean IMPALA loss over a batch of unrolls [B, T+1, ...]."""
+  logits, values = network.apply(params, batch.observation)
+  per_unroll = jax.vmap(
+      functools.partial(losses.impala_loss, hyper=hyper,
+                        clip_rho_threshold=clip_rho_threshold,
+                        clip_pg_rho_threshold=clip_pg_rho_threshold))(
+          logits, values, batch.action, batch.behaviour_logits, batch.reward,
+          batch.discount, batch.is_first)
+  out = jax.tree.map(jnp.mean, per_unroll)
+  return out.loss, out
+
+
+def make_update_fn(network: networks_lib.Network, optimizer: optax.GradientTransformation,
+                   hyper: losses.LossHyperparams, clip_rho_threshold: float = 1.0,
+                   clip_pg_rho_threshold: float = 1.0, axis_name: Optional[str] = AXIS):
+  """The pure learner step. With `axis_name`, it must run under pmap/vmap of that name."""
+  loss_fn = functools.partial(batch_loss, network, hyper=hyper,
+                              clip_rho_threshold=clip_rho_threshold,
+                              clip_pg_rho_threshold=clip_pg_rho_threshold)
+
+  def update(state: LearnerState, batch: Trajectory) -> Tuple[LearnerState, Dict]:
+    grads, out = jax.grad(loss_fn, has_aux=True)(state.params, batch)
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(out._asdict())
+    metrics["grad_norm"] = optax.global_norm(grads)
+    if axis_name is not None:
+      metrics = jax.lax.pmean(metrics, axis_name)
+    return LearnerState(params, opt_state, state.step + 1), metrics
+
+  return update
+
+
+def init_state(network: networks_lib.Network, optimizer: optax.GradientTransformation,
+               key: jax.Array, dummy_obs: np.ndarray) -> LearnerState:
+  params = network.init(key, dummy_obs)
+  return LearnerState(params=params, opt_state=optimizer.init(params),
+                      step=jnp.zeros((), jnp.int32))
+
+
+def replicate(tree, devices: Sequence):
+  return jax.device_put_replicated(tree, list(devices))
+
+
+def unreplicate(tree):
+  """First device's copy, as host numpy arrays."""
+  return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+
+
+class Learner(core.VariableSource, core.Saveable):
+  """Holds the replicated LearnerState and applies the pmapped update.
+
+  Thread-safe for `get_variables` (served to actors over courier) while
+  `step` runs on the learner's own thread.
+  """
+
+  def __init__(self, network: networks_lib.Network, optimizer: optax.GradientTransformation,
+               hyper: losses.LossHyperparams, dummy_obs: np.ndarray, key: jax.Array,
+               devices: Optional[Sequence] = None, clip_rho_threshold: float = 1.0,
+               clip_pg_rho_threshold: float = 1.0):
+    self._devices = list(devices or jax.local_devices())
+    update = make_update_fn(network, optimizer, hyper, clip_rho_threshold,
+                            clip_pg_rho_threshold, axis_name=AXIS)
+    self._update = jax.pmap(update, axis_name=AXIS, devices=self._devices)
+    self._template = init_state(network, optimizer, key, dummy_obs)
+    self._state = replicate(self._template, self._devices)
+    self._lock = threading.Lock()
+    self._cached: Tuple[int, Any] = (-1, None)
+
+  @property
+  def num_devices(self) -> int:
+    return len(self._devices)
+
+  @property
+  def devices(self):
+    return self._devices
+
+  @property
+  def step_count(self) -> int:
+    return int(self._state.step[0])
+
+  def step(self, batch: Trajectory) -> Dict:
+    """One update on a batch already sharded over devices. Returns device metrics."""
+    self._state, metrics = self._update(self._state, batch)
+    return metrics
+
+  def get_variables(self) -> Tuple[int, Any]:
+    state = self._state  # an atomic read; device arrays are immutable
+    with self._lock:
+      version = int(state.step[0])
+      if self._cached[0] != version:
+        self._cached = (version, unreplicate(state.params))
+      return self._cached
+
+  def save(self) -> LearnerState:
+    return unreplicate(self._state)
+
+  def restore(self, state: LearnerState) -> None:
+    _check_same_structure(self._template, state)
+    self._state = replicate(state, self._devices)
+
+  @property
+  def template(self) -> LearnerState:
+    return self._template
+
+
+def _check_same_structure(expected, got) -> None:
+  exp_leaves, exp_tree = jax.tree.flatten(expected)
+  got_leaves, got_tree = jax.tree.flatten(got)
+  if exp_tree != got_tree:
+    raise ValueError("checkpoint does not match this network/optimizer (different structure)")
+  for e, g in zip(exp_leaves, got_leaves):
+    if np.shape(e) != np.shape(g):
+      raise ValueError(
+          f"checkpoint does not match this network/optimizer (shape {np.shape(g)} != {np.shape(e)})")

@@ -1,0 +1,107 @@
+"""The IMPALA / V-trace actor-critic loss (Espeholt et al. 2018, arXiv 1802.01561).
+
+The math is unbatched, over one unroll of T+1 time steps; callers vmap it over
+the batch. Time indexing follows the trajectory schema (`podmeta.replay`):
+step t holds the observation x_t, the reward r_t and termination flag that
+arrived with it, whether x_t starts an episode, and the action a_t taken at
+x_t with its behaviour logits. Transition t is x_t -a_t-> x_{t+1}.
+
+Episode ends inside an unroll: gymnasium vector envs reset one step after an
+episode ends (autoreset "next step"), so the transition out of a final
+observation is a dummy whose action was ignored; it is recognised by
+is_first[t+1] and masked. Termination sets the discount into the final
+observation to zero; truncation keeps it, so V(x_final) is bootstrapped.
+"""
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from podmeta._rlax import rlax
+
+
+class LossHyperparams(NamedTuple):
+  """Loss coefficients that may be traced (meta-learned) rather than fixed."""
+  discount: float = 0.99
+  vtrace_lambda: float = 1.0
+  entropy_cost: float = 0.01
+  baseline_cost: float = 0.5
+
+
+class LossOutput(NamedTuple):
+  loss: jnp.ndarray
+  policy_loss: jnp.ndarray
+  value_loss: jnp.ndarray
+  entropy: jnp.ndarray
+  mean_rho: jnp.ndarray
+
+
+def impala_loss(
+    logits_t: chex.Array,
+    values_t: chex.Array,
+    action_t: chex.Array,
+    behaviour_logits_t: chex.Array,
+    reward_t: chex.Array,
+    discount_t: chex.Array,
+    is_first_t: chex.Array,
+    hyper: LossHyperparams,
+    clip_rho_threshold: float = 1.0,
+    clip_pg_rho_threshold: float = 1.0,
+) -> LossOutput:
+  """V-trace actor-critic loss of one unroll.
+
+  Args:
+    logits_t: [T+1, A] learner policy logits at x_0..x_T.
+    values_t: [T+1] learner values V(x_0)..V(x_T).
+    action_t: [T+1] actions (the last one is not used).
+    behaviour_logits_t: [T+1, A] logits of the acting policy.
+    reward_t: [T+1] reward that arrived with x_t (r_0 is not used).
+    discount_t: [T+1] 0 where x_t is a terminal observation, else 1.
+    is_first_t: [T+1] 1 where x_t starts an episode.
+    hyper: discount, lambda and loss coefficients.
+    clip_rho_threshold: rho-bar of the paper (value targets).
+    clip_pg_rho_threshold: clipping of rho in the policy-gradient advantage.
+
+  Returns:
+    The total loss (policy + baseline_cost * value - entropy_cost * entropy,
+    each a mean over the T transitions) and its parts.
+  """
+  chex.assert_rank([logits_t, behaviour_logits_t], 2)
+  chex.assert_rank([values_t, action_t, reward_t, discount_t, is_first_t], 1)
+  chex.assert_equal_shape([logits_t, behaviour_logits_t])
+  chex.assert_equal_shape([values_t, action_t, reward_t, discount_t, is_first_t])
+
+  # Transition t = 0..T-1 goes from x_t to x_{t+1}.
+  mask = 1.0 - is_first_t[1:].astype(jnp.float32)
+  a_tm1 = action_t[:-1]
+  v_tm1 = values_t[:-1]
+  v_t = values_t[1:]
+  r_t = reward_t[1:].astype(jnp.float32)
+  gamma_t = hyper.discount * discount_t[1:].astype(jnp.float32) * mask
+
+  log_pi_tm1 = jax.nn.log_softmax(logits_t[:-1])
+  log_mu_tm1 = jax.nn.log_softmax(behaviour_logits_t[:-1])
+  logp_a = jnp.take_along_axis(log_pi_tm1, a_tm1[:, None], axis=-1)[:, 0]
+  logmu_a = jnp.take_along_axis(log_mu_tm1, a_tm1[:, None], axis=-1)[:, 0]
+  # A zero ratio on dummy transitions zeroes their TD error and advantage, and
+  # (with gamma_t = 0 there) stops V-trace from carrying them backwards.
+  rho_tm1 = jnp.exp(jax.lax.stop_gradient(logp_a - logmu_a)) * mask
+
+  vtrace = rlax.vtrace_td_error_and_advantage(
+      jax.lax.stop_gradient(v_tm1), jax.lax.stop_gradient(v_t), r_t, gamma_t,
+      rho_tm1, lambda_=hyper.vtrace_lambda,
+      clip_rho_threshold=clip_rho_threshold,
+      clip_pg_rho_threshold=clip_pg_rho_threshold,
+      stop_target_gradients=True)
+  # rlax's `errors` is (v_s - V(x_s)) with V held fixed; the value loss needs
+  # the gradient through V(x_s), so rebuild the target and regress on it.
+  targets_tm1 = jax.lax.stop_gradient(vtrace.errors + v_tm1)
+  value_loss = 0.5 * jnp.mean(mask * jnp.square(targets_tm1 - v_tm1))
+  policy_loss = -jnp.mean(mask * logp_a * jax.lax.stop_gradient(vtrace.pg_advantage))
+  entropy_t = -jnp.sum(jnp.exp(log_pi_tm1) * log_pi_tm1, axis=-1)
+  entropy = jnp.mean(mask * entropy_t)
+  loss = policy_loss + hyper.baseline_cost * value_loss - hyper.entropy_cost * entropy
+  return LossOutput(loss=loss, policy_loss=policy_loss, value_loss=value_loss,
+                    entropy=entropy, mean_rho=jnp.sum(rho_tm1) / jnp.maximum(jnp.sum(mask), 1.0))

@@ -1,0 +1,208 @@
+"""The trajectory schema, Reverb tables, the unroll writer and the batch iterator.
+
+The schema is defined once (`Trajectory`, `trajectory_spec`) and used by both
+the writer (actors) and the reader (learner). Each Reverb item is one unroll
+of T+1 steps; consecutive unrolls of one environment overlap by one step, the
+last step of one being the first of the next (its bootstrap observation).
+"""
+
+import queue
+import threading
+from typing import Dict, Iterator, NamedTuple, Optional, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+import reverb
+import tensorflow as tf
+
+TABLE = "unrolls"
+
+
+class Trajectory(NamedTuple):
+  """One unroll (leading axis T+1), or a batch of them ([B, T+1, ...]).
+
+  At step t: `observation` x_t; `reward` and `discount` (0 if x_t is a terminal
+  observation, else 1) arrived with x_t; `is_first` marks x_t as an episode's
+  first observation; `action` a_t was taken at x_t with `behaviour_logits`;
+  `policy_version` is the learner step of the parameters that chose a_t.
+  """
+  observation: np.ndarray
+  action: np.ndarray
+  reward: np.ndarray
+  discount: np.ndarray
+  is_first: np.ndarray
+  behaviour_logits: np.ndarray
+  policy_version: np.ndarray
+
+
+class Spec(NamedTuple):
+  shape: tuple
+  dtype: np.dtype
+
+
+def trajectory_spec(obs_shape: Sequence[int], obs_dtype, num_actions: int,
+                    unroll_length: int) -> Trajectory:
+  """Shapes and dtypes of one unroll item."""
+  n = unroll_length + 1
+  return Trajectory(
+      observation=Spec((n,) + tuple(obs_shape), np.dtype(obs_dtype)),
+      action=Spec((n,), np.dtype(np.int32)),
+      reward=Spec((n,), np.dtype(np.float32)),
+      discount=Spec((n,), np.dtype(np.float32)),
+      is_first=Spec((n,), np.dtype(np.bool_)),
+      behaviour_logits=Spec((n, num_actions), np.dtype(np.float32)),
+      policy_version=Spec((n,), np.dtype(np.int32)),
+  )
+
+
+def reverb_signature(spec: Trajectory) -> Dict[str, tf.TensorSpec]:
+  # Reverb stores a dict signature; plain dicts round-trip through its proto
+  # encoding unchanged, NamedTuples need not.
+  return {name: tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=name)
+          for name, s in spec._asdict().items()}
+
+
+def make_tables(spec: Trajectory, *, replay: str, max_size: int,
+                samples_per_insert: float, min_size: int, batch_size: int
+                ) -> Sequence[reverb.Table]:
+  """The replay tables: a FIFO queue, or uniform replay with a rate limiter."""
+  signature = reverb_signature(spec)
+  if replay == "queue":
+    return [reverb.Table.queue(TABLE, max_size=max_size, signature=signature)]
+  if replay == "uniform":
+    # Allow the learner to run ahead or behind by a few batches before blocking.
+    error_buffer = max(2.0 * batch_size * samples_per_insert, 2.0 * batch_size)
+    return [reverb.Table(
+        name=TABLE,
+        sampler=reverb.selectors.Uniform(),
+        remover=reverb.selectors.Fifo(),
+        max_size=max_size,
+        max_times_sampled=0,
+        rate_limiter=reverb.rate_limiters.SampleToInsertRatio(
+            samples_per_insert=samples_per_insert,
+            min_size_to_sample=min_size,
+            error_buffer=error_buffer),
+        signature=signature)]
+  raise ValueError(f"unknown replay {replay!r}")
+
+
+class UnrollWriter:
+  """Writes a vector env's unrolls, one Reverb item per environment.
+
+  Steps are gathered in a host buffer of shape [T+1, E, ...]; when it is full
+  each of the E columns is sent as one item, and the last step is carried
+  over as the first step of the next unroll.
+  """
+
+  def __init__(self, client: reverb.Client, spec: Trajectory, num_envs: int):
+    self._client = client
+    self._length = spec.observation.shape[0]
+    self._num_envs = num_envs
+    self._buffer = Trajectory(*[
+        np.zeros((self._length, num_envs) + s.shape[1:], s.dtype) for s in spec])
+    self._t = 0
+    self._writer = client.trajectory_writer(num_keep_alive_refs=1)
+
+  def append(self, step: Trajectory) -> bool:
+    """Adds one vector step ([E, ...] per field). Returns True if unrolls were queued."""
+    for buf, value in zip(self._buffer, step):
+      buf[self._t] = value
+    self._t += 1
+    if self._t < self._length:
+      return False
+    for e in range(self._num_envs):
+      self._writer.append({name: np.ascontiguousarray(buf[:, e])
+                           for name, buf in zip(Trajectory._fields, self._buffer)})
+      self._writer.create_item(
+          TABLE, priority=1.0,
+          trajectory={name: self._writer.history[name][-1] for name in Trajectory._fields})
+    for buf in self._buffer:
+      buf[0] = buf[-1]
+    self._t = 1
+    return True
+
+  def flush(self, timeout_ms: Optional[int] = None) -> None:
+    """Blocks until queued items are in the table (raises DeadlineExceededError on timeout)."""
+    self._writer.flush(timeout_ms=timeout_ms)
+
+  def close(self) -> None:
+    try:
+      self._writer.close()
+    except Exception:  # pylint: disable=broad-except
+      # The server may already be gone at shutdown; nothing left to deliver.
+      logging.info("unroll writer closed with the server gone")
+
+
+def make_dataset(server_address: str, batch_size: int, timeout_ms: int) -> tf.data.Dataset:
+  """Batches of unrolls from the table; the dataset ends if no data arrives in time."""
+  dataset = reverb.TrajectoryDataset.from_table_signature(
+      server_address=server_address, table=TABLE,
+      max_in_flight_samples_per_worker=2 * batch_size,
+      rate_limiter_timeout_ms=timeout_ms)
+  return dataset.map(lambda sample: sample.data).batch(batch_size, drop_remainder=True)
+
+
+def split_for_devices(batch: Trajectory, num_devices: int) -> Trajectory:
+  """[B, ...] -> [num_devices, B // num_devices, ...]."""
+  return jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
+
+
+class Prefetcher:
+  """Reads batches from Reverb on a thread and places them on the learner's devices.
+
+  `get(timeout)` returns (batch sharded over devices, min policy version of the
+  batch) or None when nothing arrived in time, so the learner can check for
+  stop requests and budgets while actors are slow or gone.
+  """
+
+  def __init__(self, server_address: str, batch_size: int, devices: Sequence,
+               prefetch_size: int = 2, poll_ms: int = 500):
+    self._address = server_address
+    self._batch_size = batch_size
+    self._devices = list(devices)
+    self._poll_ms = poll_ms
+    self._queue = queue.Queue(maxsize=prefetch_size)
+    self._stop = threading.Event()
+    self._error = None
+    self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+    self._thread.start()
+
+  def _run(self):
+    try:
+      while not self._stop.is_set():
+        dataset = make_dataset(self._address, self._batch_size, self._poll_ms)
+        for batch in dataset.as_numpy_iterator():
+          traj = Trajectory(**batch)
+          version = int(traj.policy_version[:, :-1].min())
+          sharded = jax.device_put_sharded(
+              _per_device(traj, len(self._devices)), self._devices)
+          while not self._stop.is_set():
+            try:
+              self._queue.put((sharded, version), timeout=0.2)
+              break
+            except queue.Full:
+              pass
+          if self._stop.is_set():
+            return
+    except Exception as e:  # pylint: disable=broad-except
+      if not self._stop.is_set():
+        self._error = e
+        logging.exception("prefetch thread failed")
+
+  def get(self, timeout: float):
+    if self._error is not None:
+      raise RuntimeError(f"replay reader failed: {self._error}") from self._error
+    try:
+      return self._queue.get(timeout=timeout)
+    except queue.Empty:
+      return None
+
+  def close(self):
+    self._stop.set()
+    self._thread.join(timeout=5.0)
+
+
+def _per_device(batch: Trajectory, num_devices: int):
+  split = split_for_devices(batch, num_devices)
+  return [jax.tree.map(lambda x, i=i: x[i], split) for i in range(num_devices)]
