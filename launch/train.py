@@ -10,6 +10,7 @@ with the same --run_dir resumes from its latest checkpoint.
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -19,9 +20,8 @@ from absl import logging
 import launchpad as lp  # defines --lp_launch_type and --lp_termination_notice_secs
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "launch/configs/cartpole_impala.py", "Path to a config file (get_config()).",
-    lock_config=True)
+_DEFAULT_CONFIG = "launch/configs/cartpole_impala.py"
+_CONFIG = None  # defined in __main__: with a default file, defining it applies overrides
 _NUM_ACTORS = flags.DEFINE_integer("num_actors", None, "Number of actors (overrides the config).")
 _RUN_DIR = flags.DEFINE_string("run_dir", None,
                                "Run directory (default: runs/<config>-<time>). Reused to resume.")
@@ -30,6 +30,37 @@ _RUN_DIR = flags.DEFINE_string("run_dir", None,
 def _fail(message: str) -> None:
   print(f"podmeta: error: {message}", file=sys.stderr)
   sys.exit(2)
+
+
+def _parse_flags(argv):
+  """absl flag parsing with a failure turned into one line and exit code 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+  except Exception as e:  # pylint: disable=broad-except
+    _config_error(e)
+
+
+def _config_error(e: Exception) -> None:
+  """Exits with one line for a config file or --config.<field> override that fails."""
+  if isinstance(e, (AttributeError, KeyError)):
+    # An unknown --config.<field> arrives as AttributeError("'field' Did you mean ...").
+    text = str(e).replace("\\'", "'")
+    name = re.search(r"'([A-Za-z0-9_.]+)'", text)
+    hint = re.search(r'Did you mean "([A-Za-z0-9_.]+)"', text)
+    message = f"unknown config field {name.group(1)!r}" if name else f"bad config override: {text}"
+    _fail(message + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  _fail(f"cannot load the config: {lines[-1] if lines else type(e).__name__}")
+
+
+def _config_values() -> dict:
+  # config_flags loads the file and applies overrides lazily, on first access.
+  try:
+    return _CONFIG.value.to_dict()
+  except Exception as e:  # pylint: disable=broad-except
+    _config_error(e)
 
 
 def main(argv):
@@ -42,12 +73,12 @@ def main(argv):
   quiet_third_party_logs()
 
   try:
-    values = _CONFIG.value.to_dict()
+    values = _config_values()
     if _NUM_ACTORS.value is not None:
       values["num_actors"] = _NUM_ACTORS.value
     config = Config.from_mapping(values)
     run_dir = _RUN_DIR.value or os.path.join(
-        "runs", f"{os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS['config'])))[0]}"
+        "runs", f"{os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS['config']) or _DEFAULT_CONFIG))[0]}"
                 f"-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = os.path.abspath(run_dir)
     builder.preflight(config, run_dir)
@@ -74,4 +105,9 @@ def main(argv):
 FLAGS = flags.FLAGS
 
 if __name__ == "__main__":
-  app.run(main)
+  try:
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Path to a config file (get_config()).", lock_config=True)
+  except Exception as e:  # pylint: disable=broad-except
+    _config_error(e)
+  app.run(main, flags_parser=_parse_flags)

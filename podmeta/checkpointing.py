@@ -68,6 +68,10 @@ class Checkpointer:
       counters = dict(restored["counters"])
     except Exception as e:  # pylint: disable=broad-except
       msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      if "mismatch" in msg.lower():
+        raise CheckpointError(
+            f"checkpoint {path} does not match this config's network/optimizer "
+            f"({msg[:200]})") from e
       raise CheckpointError(f"unreadable checkpoint {path}: {msg[:300]}") from e
     _check_matches(template, state, path)
     return state, counters

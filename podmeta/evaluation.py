@@ -21,8 +21,7 @@ def run_episodes(env, policy, params, key, max_steps: int = 100_000,
   returns = np.zeros(n)
   finished = np.zeros(n, np.bool_)
   for _ in range(max_steps):
-    key, sub = jax.random.split(key)
-    action, _ = policy(params, sub, obs)
+    action, _, key = policy(params, key, obs)
     obs, r, terminated, truncated, _ = env.step(np.asarray(action))
     returns += np.where(finished, 0.0, r)
     finished |= np.logical_or(terminated, truncated)

@@ -40,6 +40,9 @@ rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 # The lock is the full closure, so --no-deps: no resolver run, same versions everywhere.
 "$VENV/bin/python" -m pip install --quiet --no-deps -r requirements.lock
-"$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
+# compat mode puts the repo root on sys.path (a .pth file), so packages added
+# later are importable without reinstalling.
+"$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation \
+  --config-settings editable_mode=compat -e .
 echo "$want" > "$STAMP"
 echo "install: done" >&2

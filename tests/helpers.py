@@ -1,0 +1,101 @@
+"""Shared test utilities: batches, processes, launches."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import psutil
+
+from podmeta.replay import Trajectory, split_for_devices
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def random_batch(spec, batch_size: int, unroll_length: int, seed: int) -> Trajectory:
+  """A batch of plausible unrolls with episode ends in it."""
+  rng = np.random.default_rng(seed)
+  n = unroll_length + 1
+  is_first = rng.random((batch_size, n)) < 0.1
+  discount = np.where(np.roll(is_first, -1, axis=1) & (rng.random((batch_size, n)) < 0.7), 0.0, 1.0)
+  return Trajectory(
+      observation=rng.normal(size=(batch_size, n) + spec.obs_shape).astype(spec.obs_dtype),
+      action=rng.integers(0, spec.num_actions, size=(batch_size, n)).astype(np.int32),
+      reward=rng.normal(size=(batch_size, n)).astype(np.float32),
+      discount=discount.astype(np.float32),
+      is_first=is_first,
+      behaviour_logits=rng.normal(size=(batch_size, n, spec.num_actions)).astype(np.float32),
+      policy_version=np.zeros((batch_size, n), np.int32))
+
+
+def per_device(batch: Trajectory, n: int):
+  split = split_for_devices(batch, n)
+  return [jax.tree.map(lambda x, i=i: x[i], split) for i in range(n)]
+
+
+def train_command(run_dir, *args):
+  return [sys.executable, "-m", "launch.train", f"--run_dir={run_dir}", *args]
+
+
+def start(cmd, env_overrides=None):
+  """Starts a launcher in its own session so every descendant can be found."""
+  env = dict(os.environ)
+  env.update(env_overrides or {})
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def session_processes(sid: int):
+  procs = []
+  for p in psutil.process_iter(["pid"]):
+    try:
+      if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+        procs.append(p)
+    except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+      pass
+  return procs
+
+
+def finish(proc, timeout: float):
+  """Waits for the launcher; returns (returncode, output, leftover processes)."""
+  sid = proc.pid  # session id == pid of the session leader
+  try:
+    out, _ = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    os.killpg(sid, signal.SIGKILL)
+    out, _ = proc.communicate()
+    raise AssertionError(f"launcher did not exit within {timeout}s:\n{out[-5000:]}")
+  deadline = time.time() + 5
+  left = session_processes(sid)
+  while left and time.time() < deadline:
+    time.sleep(0.2)
+    left = session_processes(sid)
+  for p in left:
+    p.kill()
+  return proc.returncode, out, left
+
+
+def run(cmd, timeout: float, env_overrides=None):
+  return finish(start(cmd, env_overrides), timeout)
+
+
+def summary(run_dir):
+  with open(os.path.join(run_dir, "summary.json")) as f:
+    return json.load(f)
+
+
+def wait_for_file_rows(path, rows: int, timeout: float, proc=None):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.exists(path):
+      with open(path) as f:
+        if sum(1 for _ in f) > rows:
+          return True
+    if proc is not None and proc.poll() is not None:
+      return False
+    time.sleep(0.2)
+  return False

@@ -1,0 +1,38 @@
+"""Config validation: every bad field is named in a ValueError."""
+
+import pytest
+
+from podmeta.config import Config
+
+
+def test_defaults_are_valid_and_frozen():
+  c = Config()
+  with pytest.raises(Exception):
+    c.num_actors = 3  # frozen
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"num_actors": 0}, "num_actors"),
+    ({"num_actors": -2}, "num_actors"),
+    ({"unroll_lenght": 10}, "unroll_lenght"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"discount": 1.5}, "discount"),
+    ({"optimizer": "sgdx"}, "optimizer"),
+    ({"replay": "prioritised"}, "replay"),
+    ({"hidden_sizes": (64, 0)}, "hidden_sizes"),
+    ({"learning_rate": "fast"}, "learning_rate"),
+    ({"num_actors": 2.5}, "num_actors"),
+    ({"max_env_steps": 0}, "max_env_steps"),
+    ({"replay_max_size": 4, "batch_size": 8}, "replay_max_size"),
+])
+def test_bad_values_name_the_field(values, field):
+  with pytest.raises(ValueError, match=f"'{field}'"):
+    Config.from_mapping(values)
+
+
+def test_from_mapping_coerces_types():
+  c = Config.from_mapping({"learning_rate": 1, "hidden_sizes": [32, 32], "num_actors": 4.0})
+  assert c.learning_rate == 1.0 and isinstance(c.learning_rate, float)
+  assert c.hidden_sizes == (32, 32)
+  assert c.num_actors == 4 and isinstance(c.num_actors, int)
+  assert c.replace(num_actors=7).num_actors == 7

@@ -1,0 +1,57 @@
+"""The pmapped learner step: 8 forced CPU devices agree with 1 device."""
+
+import jax
+import numpy as np
+import pytest
+
+import envs
+from podmeta import builder
+from podmeta.config import Config
+from podmeta.replay import Trajectory, trajectory_spec
+
+from tests import helpers
+
+
+def test_eight_device_update_equals_one_device_update():
+  assert jax.local_device_count() >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+  config = Config(batch_size=16, unroll_length=7, hidden_sizes=(32, 32))
+  spec = envs.env_spec(config.env_id)
+  batch = helpers.random_batch(spec, config.batch_size, config.unroll_length, seed=3)
+
+  results = []
+  for n in (1, 8):
+    learner = builder.make_learner(config, spec, devices=jax.devices()[:n])
+    assert learner.num_devices == n
+    sharded = jax.device_put_sharded(helpers.per_device(batch, n), learner.devices)
+    metrics = learner.step(sharded)
+    metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    # Every device holds identical state after the pmean-ed update.
+    params = jax.device_get(learner._state.params)
+    for leaf in jax.tree.leaves(params):
+      np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))
+    results.append((learner.get_variables()[1], metrics))
+
+  (p1, m1), (p8, m8) = results
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(m1["loss"][0], m8["loss"][0], atol=1e-5, rtol=1e-5)
+  # The update moved the parameters.
+  initial = builder.make_learner(config, spec).get_variables()[1]
+  assert any(np.abs(a - b).max() > 1e-6 for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(p1)))
+
+
+def test_learner_save_restore_round_trip():
+  config = Config(batch_size=8, unroll_length=5, hidden_sizes=(16,))
+  spec = envs.env_spec(config.env_id)
+  learner = builder.make_learner(config, spec, devices=jax.devices()[:2])
+  batch = helpers.random_batch(spec, 8, 5, seed=1)
+  learner.step(jax.device_put_sharded(helpers.per_device(batch, 2), learner.devices))
+  saved = learner.save()
+  other = builder.make_learner(config.replace(seed=5), spec, devices=jax.devices()[:2])
+  other.restore(saved)
+  assert other.step_count == 1
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(other.save())):
+    np.testing.assert_array_equal(a, b)
+  wrong = builder.make_learner(config.replace(hidden_sizes=(8,)), spec, devices=jax.devices()[:2])
+  with pytest.raises(ValueError, match="does not match"):
+    wrong.restore(saved)

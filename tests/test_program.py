@@ -1,0 +1,119 @@
+"""Real launches of the Launchpad program: budgets, signals, resume, bad input.
+
+Each test runs `python -m launch.train` as a user would, in its own session,
+and asserts that no process of that session is left when the launcher exits.
+"""
+
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+# Small, fast runs: these test plumbing, not learning.
+FAST = ["--config.max_env_steps=40000", "--config.envs_per_actor=8", "--config.batch_size=16",
+        "--config.eval_every_seconds=2", "--config.eval_episodes=2",
+        "--config.log_every_seconds=1"]
+ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+@pytest.mark.parametrize("launch_type", ["local_mt", "local_mp"])
+def test_launch_reaches_budget_and_stops_cleanly(tmp_path, launch_type):
+  run_dir = str(tmp_path / "run")
+  code, out, left = helpers.run(
+      helpers.train_command(run_dir, f"--lp_launch_type={launch_type}", "--num_actors=3", *FAST),
+      timeout=240, env_overrides=ONE_DEVICE)
+  assert code == 0, out[-5000:]
+  assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  s = helpers.summary(run_dir)
+  assert s["exit_reason"] == "max_env_steps"
+  assert s["env_steps"] >= 40000
+  assert s["learner_steps"] > 0
+  assert s["episode_return_mean"] > 0
+  for name in ["config.json", "learning_curve.png", "logs/learner.csv", "logs/actor_0.csv",
+               "logs/actor_2.csv", "logs/evaluator.csv"]:
+    assert os.path.exists(os.path.join(run_dir, name)), name
+  assert any(f.startswith("events.out") for f in os.listdir(os.path.join(run_dir, "tb", "learner")))
+  assert s["latest_checkpoint_step"] == s["learner_steps"]
+  assert f"results in {run_dir}" in out
+
+
+@pytest.mark.parametrize("launch_type, sig", [("local_mt", signal.SIGTERM),
+                                              ("local_mp", signal.SIGINT)])
+def test_signal_stops_every_node_and_writes_final_checkpoint(tmp_path, launch_type, sig):
+  run_dir = str(tmp_path / "run")
+  proc = helpers.start(
+      helpers.train_command(run_dir, f"--lp_launch_type={launch_type}", "--num_actors=2",
+                            *FAST, "--config.max_env_steps=100000000"),
+      env_overrides=ONE_DEVICE)
+  assert helpers.wait_for_file_rows(os.path.join(run_dir, "logs", "learner.csv"), 2, 180, proc), \
+      "the learner never logged"
+  # Signal the whole process group, as a terminal's Ctrl-C does.
+  os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
+  code, out, left = helpers.finish(proc, timeout=60)
+  assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  assert code == 0, out[-5000:]
+  s = helpers.summary(run_dir)
+  assert s["exit_reason"] == "stopped"
+  assert s["latest_checkpoint_step"] == s["learner_steps"] > 0
+
+
+def test_resume_continues_counters_and_parameters(tmp_path):
+  from podmeta.checkpointing import Checkpointer
+  import jax
+  run_dir = str(tmp_path / "run")
+  code, out, _ = helpers.run(helpers.train_command(run_dir, "--num_actors=1", *FAST),
+                             timeout=240, env_overrides=ONE_DEVICE)
+  assert code == 0, out[-5000:]
+  first = helpers.summary(run_dir)
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
+  saved_first = _params_at(ckpt_dir, first["latest_checkpoint_step"])
+
+  code, out, _ = helpers.run(
+      helpers.train_command(run_dir, "--num_actors=1", *FAST, "--config.max_env_steps=80000"),
+      timeout=240, env_overrides=ONE_DEVICE)
+  assert code == 0, out[-5000:]
+  second = helpers.summary(run_dir)
+  assert second["resumed_from_env_steps"] == first["env_steps"]
+  assert second["resumed_from_learner_steps"] == first["learner_steps"]
+  assert second["env_steps"] >= 80000
+  assert second["learner_steps"] > first["learner_steps"]
+  assert second["episodes"] > first["episodes"]
+
+
+def test_learner_node_resumes_from_the_latest_checkpoint(tmp_path):
+  """The node built for a resumed run holds the checkpoint's parameters and counters."""
+  import types
+  import jax
+  from podmeta import builder
+  from podmeta.config import Config
+  run_dir = str(tmp_path / "run")
+  code, out, _ = helpers.run(helpers.train_command(run_dir, "--num_actors=1", *FAST),
+                             timeout=240, env_overrides=ONE_DEVICE)
+  assert code == 0, out[-5000:]
+  first = helpers.summary(run_dir)
+  saved = _params_at(os.path.join(run_dir, "checkpoints"), first["latest_checkpoint_step"])
+  config = Config.from_mapping(_load_json(os.path.join(run_dir, "config.json")))
+  node = builder.build_learner_node(config, run_dir,
+                                    types.SimpleNamespace(server_address="unused"))
+  version, params = node.get_variables()
+  assert version == first["learner_steps"]
+  for a, b in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  assert node._env_steps == first["env_steps"]
+
+
+def _load_json(path):
+  import json
+  with open(path) as f:
+    return json.load(f)
+
+
+def _params_at(ckpt_dir, step):
+  import orbax.checkpoint as ocp
+  with ocp.CheckpointManager(ckpt_dir, item_names=("state", "counters")) as mngr:
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return restored["state"]
