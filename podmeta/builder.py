@@ -33,7 +33,7 @@ _CALL_TIMEOUT_SECONDS = 5.0
 
 def make_network(config: Config, spec: envs.EnvSpec) -> networks_lib.Network:
   return networks_lib.make_network(config.torso, config.hidden_sizes, spec.obs_shape,
-                                   spec.num_actions)
+                                   spec.num_actions, config.shared_torso)
 
 
 def make_optimizer(config: Config):

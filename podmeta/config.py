@@ -29,6 +29,8 @@ class Config:
   # Network.
   torso: str = "mlp"
   hidden_sizes: Tuple[int, ...] = (64, 64)
+  # False: separate policy and value torsos (better on small control tasks).
+  shared_torso: bool = True
 
   # Unrolls and batches. A batch holds `batch_size` unrolls of `unroll_length`
   # transitions each, split evenly over the learner's devices.

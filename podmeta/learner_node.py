@@ -70,6 +70,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._recent_returns = collections.deque(maxlen=100)
     self._eval_return = float("nan")
     self._wall_seconds_before = 0.0
+    self._start = time.monotonic()
     self._restore()
     self._env_steps_at_start = self._env_steps
     self._learner_steps_at_start = self._learner.step_count
@@ -96,7 +97,7 @@ class LearnerNode(core.Worker, core.VariableSource):
 
   def run(self) -> None:
     stop = core.resolve_stop_event(self._stop_event)
-    start = time.monotonic()
+    start = self._start = time.monotonic()
     prefetcher = self._make_prefetcher()
     last_log = last_ckpt = start
     steps_at_last_log, env_at_last_log = self._learner.step_count, self._env_steps
@@ -180,6 +181,7 @@ class LearnerNode(core.Worker, core.VariableSource):
       return
     with self._lock:
       row = {"env_steps": self._env_steps, "learner_steps": self._learner.step_count,
+             "wall_seconds": time.monotonic() - self._start,
              "episodes": self._episodes,
              "env_steps_per_second": (self._env_steps - env_before) / seconds,
              "learner_steps_per_second": (self._learner.step_count - steps_before) / seconds,

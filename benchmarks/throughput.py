@@ -1,0 +1,235 @@
+r"""Throughput benchmark: where does an env step's time go?
+
+Measures, in one run on this machine:
+  (a) the raw step rate of the actors' vector env with random actions,
+  (b) one actor's rate: env + jitted policy + Reverb writes (in-process server),
+  (c) the learner's consumption rate: env steps/s through the pmapped update alone,
+  (d) end-to-end env steps/s of the whole program for several actor counts and
+      both local launch modes (steady state, from the learner's log).
+Writes benchmarks/results/throughput.{json,png} and the table in
+BENCHMARKS.md (between its markers).
+
+  python -m benchmarks.throughput --num_actors=1,2,4 --seconds=40
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_CONFIG = flags.DEFINE_string("config", "launch/configs/cartpole_impala.py", "Config file.")
+_NUM_ACTORS = flags.DEFINE_list("num_actors", ["1", "2", "4"], "Actor counts for (d).")
+_MODES = flags.DEFINE_list("modes", ["local_mt", "local_mp"], "Launch modes for (d).")
+_SECONDS = flags.DEFINE_float("seconds", 40.0, "Length of each end-to-end run.")
+_WARMUP = flags.DEFINE_float("warmup", 12.0, "Seconds of each run ignored (start-up, compile).")
+_OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for the JSON and the plot.")
+_MARKDOWN = flags.DEFINE_string("markdown", "BENCHMARKS.md", "File whose table is replaced.")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
+
+
+def load_config():
+  import importlib.util
+  from podmeta.config import Config
+  spec = importlib.util.spec_from_file_location("bench_config", os.path.join(REPO, _CONFIG.value))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return Config.from_mapping(module.get_config().to_dict())
+
+
+def raw_env_rate(config, seconds=5.0):
+  import envs
+  env = envs.make_vector_env(config.env_id, config.envs_per_actor, seed=0)
+  rng = np.random.default_rng(0)
+  n = env.num_envs
+  num_actions = env.single_action_space.n
+  steps, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    for _ in range(50):
+      env.step(rng.integers(0, num_actions, n))
+    steps += 50 * n
+  return steps / (time.perf_counter() - start)
+
+
+def actor_rate(config, seconds=8.0):
+  import jax
+  import reverb
+  import envs
+  from podmeta import builder
+  from podmeta import replay as replay_lib
+  from podmeta.acting import Actor
+  spec = envs.env_spec(config.env_id)
+  # A table large enough that the actor never waits for a learner.
+  config = config.replace(replay_max_size=10_000_000)
+  server = reverb.Server(builder.make_tables(config, spec), port=None)
+  client = reverb.Client(f"localhost:{server.port}")
+  learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
+  stop = threading.Event()
+  actor = Actor(env=envs.make_vector_env(config.env_id, config.envs_per_actor, seed=0),
+                network=builder.make_network(config, spec), variable_source=learner,
+                writer=replay_lib.UnrollWriter(client, builder.make_spec(config, spec),
+                                               config.envs_per_actor),
+                key=jax.random.PRNGKey(0),
+                variable_update_period=config.variable_update_period, stop_event=stop)
+  result = {}
+
+  def go():
+    result["steps"] = actor.run()
+
+  thread = threading.Thread(target=go)
+  thread.start()
+  time.sleep(2.0)  # compile and warm up
+  before = client.server_info()[replay_lib.TABLE].num_episodes, time.perf_counter()
+  size0 = client.server_info()[replay_lib.TABLE].current_size
+  time.sleep(seconds)
+  size1 = client.server_info()[replay_lib.TABLE].current_size
+  elapsed = time.perf_counter() - before[1]
+  stop.set()
+  thread.join()
+  server.stop()
+  return (size1 - size0) * config.unroll_length / elapsed
+
+
+def learner_rate(config, seconds=5.0):
+  import jax
+  import envs
+  from podmeta import builder
+  from tests.helpers import per_device, random_batch
+  spec = envs.env_spec(config.env_id)
+  learner = builder.make_learner(config, spec)
+  batch = random_batch(spec, config.batch_size, config.unroll_length, seed=0)
+  sharded = jax.device_put_sharded(per_device(batch, learner.num_devices), learner.devices)
+  for _ in range(5):
+    jax.block_until_ready(learner.step(sharded))
+  steps, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    for _ in range(20):
+      metrics = learner.step(sharded)
+    jax.block_until_ready(metrics)
+    steps += 20
+  elapsed = time.perf_counter() - start
+  return steps * config.batch_size * config.unroll_length / elapsed, learner.num_devices
+
+
+def end_to_end_rate(num_actors, mode, seconds, warmup):
+  from podmeta import loggers
+  with tempfile.TemporaryDirectory() as tmp:
+    run_dir = os.path.join(tmp, "run")
+    cmd = [sys.executable, "-m", "launch.train", f"--config={_CONFIG.value}",
+           f"--run_dir={run_dir}", f"--num_actors={num_actors}", f"--lp_launch_type={mode}",
+           "--config.max_env_steps=0", f"--config.max_seconds={seconds}",
+           "--config.log_every_seconds=2"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=seconds + 240)
+    if proc.returncode != 0:
+      raise RuntimeError(f"{mode} x{num_actors} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    log = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
+    t, steps = log["wall_seconds"], log["env_steps"]
+    ok = t >= warmup
+    if ok.sum() < 2:
+      raise RuntimeError(f"{mode} x{num_actors}: too few log rows after warm-up")
+    t, steps = t[ok], steps[ok]
+    return float((steps[-1] - steps[0]) / (t[-1] - t[0]))
+
+
+def write_outputs(results):
+  os.makedirs(_OUT.value, exist_ok=True)
+  with open(os.path.join(_OUT.value, "throughput.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  _plot(results, os.path.join(_OUT.value, "throughput.png"))
+  raw = results["raw_env_steps_per_second"]
+  lines = [
+      BEGIN,
+      f"Measured {results['date']} on {results['machine']} with "
+      f"`{results['command']}` (config `{results['config']}`, "
+      f"{results['envs_per_actor']} envs per actor, unrolls of {results['unroll_length']}, "
+      f"batches of {results['batch_size']}).",
+      "",
+      "| what | env steps/s | ratio to (a) |",
+      "|---|---:|---:|",
+      f"| (a) raw vector env, random actions | {raw:,.0f} | 1.00 |",
+      f"| (b) one actor: env + jitted policy + Reverb writes | {results['actor_env_steps_per_second']:,.0f} "
+      f"| {results['actor_env_steps_per_second'] / raw:.2f} |",
+      f"| (c) learner alone: pmapped update on {results['learner_devices']} device(s) "
+      f"| {results['learner_env_steps_per_second']:,.0f} "
+      f"| {results['learner_env_steps_per_second'] / raw:.2f} |",
+  ]
+  for row in results["end_to_end"]:
+    lines.append(f"| (d) end to end, {row['mode']}, {row['num_actors']} actor(s) "
+                 f"| {row['env_steps_per_second']:,.0f} | {row['env_steps_per_second'] / raw:.2f} |")
+  lines += ["", "![throughput](benchmarks/results/throughput.png)", END]
+  table = "\n".join(lines)
+  path = _MARKDOWN.value
+  text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n" + BEGIN + "\n" + END + "\n"
+  if BEGIN in text and END in text:
+    text = text[:text.index(BEGIN)] + table + text[text.index(END) + len(END):]
+  else:
+    text = text.rstrip() + "\n\n" + table + "\n"
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def _plot(results, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for mode in sorted({r["mode"] for r in results["end_to_end"]}):
+    rows = [r for r in results["end_to_end"] if r["mode"] == mode]
+    ax.plot([r["num_actors"] for r in rows], [r["env_steps_per_second"] for r in rows], "o-",
+            label=f"end to end ({mode})")
+  ax.axhline(results["raw_env_steps_per_second"], color="gray", ls="--", label="(a) raw env")
+  ax.axhline(results["raw_env_steps_per_second"] / 2, color="gray", ls=":", label="half of (a)")
+  ax.axhline(results["actor_env_steps_per_second"], color="tab:green", ls="--", label="(b) one actor")
+  ax.set_xlabel("actors")
+  ax.set_ylabel("env steps / s")
+  ax.set_xscale("log", base=2)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(f"podmeta throughput ({results['machine']})")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  from podmeta.logging_setup import quiet_third_party_logs
+  quiet_third_party_logs()
+  config = load_config()
+  results = {
+      "date": time.strftime("%Y-%m-%d"),
+      "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+      "command": "make bench  # python -m benchmarks.throughput " + " ".join(sys.argv[1:]),
+      "config": _CONFIG.value, "envs_per_actor": config.envs_per_actor,
+      "unroll_length": config.unroll_length, "batch_size": config.batch_size,
+  }
+  print("(a) raw vector env ...", flush=True)
+  results["raw_env_steps_per_second"] = raw_env_rate(config)
+  print("(b) one actor ...", flush=True)
+  results["actor_env_steps_per_second"] = actor_rate(config)
+  print("(c) learner alone ...", flush=True)
+  rate, devices = learner_rate(config)
+  results["learner_env_steps_per_second"], results["learner_devices"] = rate, devices
+  results["end_to_end"] = []
+  for mode in _MODES.value:
+    for n in [int(x) for x in _NUM_ACTORS.value]:
+      print(f"(d) {mode}, {n} actor(s) ...", flush=True)
+      results["end_to_end"].append({"mode": mode, "num_actors": n, "env_steps_per_second":
+                                    end_to_end_rate(n, mode, _SECONDS.value, _WARMUP.value)})
+  write_outputs(results)
+  print(json.dumps(results, indent=2))
+  print(f"wrote {_MARKDOWN.value} and {_OUT.value}/throughput.{{json,png}}")
+
+
+if __name__ == "__main__":
+  app.run(main)
