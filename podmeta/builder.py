@@ -47,9 +47,13 @@ def loss_hyperparams(config: Config) -> losses.LossHyperparams:
                                 baseline_cost=config.baseline_cost)
 
 
+def unrolls_per_item(config: Config) -> int:
+  return replay_lib.unrolls_per_item(config.envs_per_actor, config.batch_size)
+
+
 def make_spec(config: Config, spec: envs.EnvSpec) -> replay_lib.Trajectory:
   return replay_lib.trajectory_spec(spec.obs_shape, spec.obs_dtype, spec.num_actions,
-                                    config.unroll_length)
+                                    config.unroll_length, unrolls_per_item(config))
 
 
 def make_learner(config: Config, spec: envs.EnvSpec, devices=None) -> learning.Learner:
@@ -82,7 +86,8 @@ def build_learner_node(config: Config, run_dir: str, replay_client, stop_program
   address = replay_client.server_address
   return LearnerNode(
       learner=learner,
-      make_prefetcher=lambda: replay_lib.Prefetcher(address, config.batch_size, learner.devices,
+      make_prefetcher=lambda: replay_lib.Prefetcher(address, config.batch_size,
+                                                    unrolls_per_item(config), learner.devices,
                                                     config.prefetch_size),
       checkpointer=make_checkpointer(config, run_dir),
       run_dir=run_dir,

@@ -1,11 +1,18 @@
 """The trajectory schema, Reverb tables, the unroll writer and the batch iterator.
 
 The schema is defined once (`Trajectory`, `trajectory_spec`) and used by both
-the writer (actors) and the reader (learner). Each Reverb item is one unroll
-of T+1 steps; consecutive unrolls of one environment overlap by one step, the
+the writer (actors) and the reader (learner). An unroll is T+1 steps of one
+environment; consecutive unrolls of one environment overlap by one step, the
 last step of one being the first of the next (its bootstrap observation).
+
+Each Reverb item holds the unrolls of a group of `unrolls_per_item` of an
+actor's environments, stored time-major as [T+1, group, ...]. Writing one item
+per group instead of one per environment is what keeps the writer off the
+actor's critical path (Python-side Reverb calls cost more than a CartPole
+step); `unrolls_per_item` divides the batch size, so batches are whole items.
 """
 
+import math
 import queue
 import threading
 from typing import Dict, Iterator, NamedTuple, Optional, Sequence
@@ -41,18 +48,23 @@ class Spec(NamedTuple):
   dtype: np.dtype
 
 
+def unrolls_per_item(envs_per_actor: int, batch_size: int) -> int:
+  """The largest group of an actor's envs that also divides the batch size."""
+  return math.gcd(envs_per_actor, batch_size)
+
+
 def trajectory_spec(obs_shape: Sequence[int], obs_dtype, num_actions: int,
-                    unroll_length: int) -> Trajectory:
-  """Shapes and dtypes of one unroll item."""
-  n = unroll_length + 1
+                    unroll_length: int, group: int = 1) -> Trajectory:
+  """Shapes and dtypes of one item: `group` unrolls of T+1 steps, time-major."""
+  n = (unroll_length + 1, group)
   return Trajectory(
-      observation=Spec((n,) + tuple(obs_shape), np.dtype(obs_dtype)),
-      action=Spec((n,), np.dtype(np.int32)),
-      reward=Spec((n,), np.dtype(np.float32)),
-      discount=Spec((n,), np.dtype(np.float32)),
-      is_first=Spec((n,), np.dtype(np.bool_)),
-      behaviour_logits=Spec((n, num_actions), np.dtype(np.float32)),
-      policy_version=Spec((n,), np.dtype(np.int32)),
+      observation=Spec(n + tuple(obs_shape), np.dtype(obs_dtype)),
+      action=Spec(n, np.dtype(np.int32)),
+      reward=Spec(n, np.dtype(np.float32)),
+      discount=Spec(n, np.dtype(np.float32)),
+      is_first=Spec(n, np.dtype(np.bool_)),
+      behaviour_logits=Spec(n + (num_actions,), np.dtype(np.float32)),
+      policy_version=Spec(n, np.dtype(np.int32)),
   )
 
 
@@ -66,8 +78,15 @@ def reverb_signature(spec: Trajectory) -> Dict[str, tf.TensorSpec]:
 def make_tables(spec: Trajectory, *, replay: str, max_size: int,
                 samples_per_insert: float, min_size: int, batch_size: int
                 ) -> Sequence[reverb.Table]:
-  """The replay tables: a FIFO queue, or uniform replay with a rate limiter."""
+  """The replay tables: a FIFO queue, or uniform replay with a rate limiter.
+
+  Sizes are given in unrolls and converted to items of `group` unrolls.
+  """
   signature = reverb_signature(spec)
+  group = spec.action.shape[1]
+  max_size = max(max_size // group, 1)
+  min_size = max(min_size // group, 1)
+  batch_size = max(batch_size // group, 1)
   if replay == "queue":
     return [reverb.Table.queue(TABLE, max_size=max_size, signature=signature)]
   if replay == "uniform":
@@ -88,35 +107,38 @@ def make_tables(spec: Trajectory, *, replay: str, max_size: int,
 
 
 class UnrollWriter:
-  """Writes a vector env's unrolls, one Reverb item per environment.
+  """Writes a vector env's unrolls, one Reverb item per group of environments.
 
   Steps are gathered in a host buffer of shape [T+1, E, ...]; when it is full
-  each of the E columns is sent as one item, and the last step is carried
-  over as the first step of the next unroll.
+  each group of envs is sent as one item, and the last step is carried over as
+  the first step of the next unroll.
   """
 
   def __init__(self, client: reverb.Client, spec: Trajectory, num_envs: int):
-    self._client = client
-    self._length = spec.observation.shape[0]
+    self._length, self._group = spec.action.shape[:2]
+    if num_envs % self._group:
+      raise ValueError(f"{num_envs} envs do not split into items of {self._group} unrolls")
     self._num_envs = num_envs
     self._buffer = Trajectory(*[
-        np.zeros((self._length, num_envs) + s.shape[1:], s.dtype) for s in spec])
+        np.zeros((self._length, num_envs) + s.shape[2:], s.dtype) for s in spec])
     self._t = 0
     self._writer = client.trajectory_writer(num_keep_alive_refs=1)
 
   def append(self, step: Trajectory) -> bool:
-    """Adds one vector step ([E, ...] per field). Returns True if unrolls were queued."""
+    """Adds one vector step ([E, ...] per field). Returns True if items were queued."""
     for buf, value in zip(self._buffer, step):
       buf[self._t] = value
     self._t += 1
     if self._t < self._length:
       return False
-    for e in range(self._num_envs):
-      self._writer.append({name: np.ascontiguousarray(buf[:, e])
+    g = self._group
+    for start in range(0, self._num_envs, g):
+      self._writer.append({name: np.ascontiguousarray(buf[:, start:start + g])
                            for name, buf in zip(Trajectory._fields, self._buffer)})
+      history = self._writer.history  # rebuilt on every access: read it once
       self._writer.create_item(
           TABLE, priority=1.0,
-          trajectory={name: self._writer.history[name][-1] for name in Trajectory._fields})
+          trajectory={name: history[name][-1] for name in Trajectory._fields})
     for buf in self._buffer:
       buf[0] = buf[-1]
     self._t = 1
@@ -134,13 +156,27 @@ class UnrollWriter:
       logging.info("unroll writer closed with the server gone")
 
 
-def make_dataset(server_address: str, batch_size: int, timeout_ms: int) -> tf.data.Dataset:
-  """Batches of unrolls from the table; the dataset ends if no data arrives in time."""
+def make_dataset(server_address: str, batch_size: int, group: int,
+                 timeout_ms: int) -> tf.data.Dataset:
+  """Batches of `batch_size` unrolls, [B, T+1, ...] per field.
+
+  The dataset ends if no item arrives within `timeout_ms`.
+  """
+  items = batch_size // group
   dataset = reverb.TrajectoryDataset.from_table_signature(
       server_address=server_address, table=TABLE,
-      max_in_flight_samples_per_worker=2 * batch_size,
+      max_in_flight_samples_per_worker=2 * items,
       rate_limiter_timeout_ms=timeout_ms)
-  return dataset.map(lambda sample: sample.data).batch(batch_size, drop_remainder=True)
+
+  def to_unrolls(data):
+    # [items, T+1, group, ...] -> [items * group, T+1, ...]
+    def one(x):
+      x = tf.transpose(x, [0, 2, 1] + list(range(3, x.shape.rank)))
+      return tf.reshape(x, [batch_size] + x.shape.as_list()[2:])
+    return tf.nest.map_structure(one, data)
+
+  return (dataset.map(lambda sample: sample.data)
+          .batch(items, drop_remainder=True).map(to_unrolls))
 
 
 def split_for_devices(batch: Trajectory, num_devices: int) -> Trajectory:
@@ -156,10 +192,11 @@ class Prefetcher:
   stop requests and budgets while actors are slow or gone.
   """
 
-  def __init__(self, server_address: str, batch_size: int, devices: Sequence,
+  def __init__(self, server_address: str, batch_size: int, group: int, devices: Sequence,
                prefetch_size: int = 2, poll_ms: int = 500):
     self._address = server_address
     self._batch_size = batch_size
+    self._group = group
     self._devices = list(devices)
     self._poll_ms = poll_ms
     self._queue = queue.Queue(maxsize=prefetch_size)
@@ -171,7 +208,7 @@ class Prefetcher:
   def _run(self):
     try:
       while not self._stop.is_set():
-        dataset = make_dataset(self._address, self._batch_size, self._poll_ms)
+        dataset = make_dataset(self._address, self._batch_size, self._group, self._poll_ms)
         for batch in dataset.as_numpy_iterator():
           traj = Trajectory(**batch)
           version = int(traj.policy_version[:, :-1].min())

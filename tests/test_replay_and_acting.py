@@ -28,21 +28,23 @@ def server_factory():
     s.stop()
 
 
-def _read(address, n_items, batch_size=1):
-  dataset = replay_lib.make_dataset(address, batch_size, timeout_ms=2000)
+def _read(address, n_unrolls, batch_size, group):
+  dataset = replay_lib.make_dataset(address, batch_size, group, timeout_ms=2000)
   out = []
   for batch in dataset.as_numpy_iterator():
     out.append(replay_lib.Trajectory(**batch))
-    if len(out) * batch_size >= n_items:
+    if len(out) * batch_size >= n_unrolls:
       break
   return replay_lib.Trajectory(*[np.concatenate(x) for x in zip(*out)])
 
 
 def test_schema_round_trips_with_one_step_overlap(server_factory):
-  config = Config(unroll_length=4, batch_size=2, replay_max_size=64)
+  # 4 envs in items of 2 unrolls (gcd of envs_per_actor and batch_size).
+  config = Config(unroll_length=4, envs_per_actor=4, batch_size=2, replay_max_size=64)
+  assert builder.unrolls_per_item(config) == 2
   spec = envs.EnvSpec((3,), np.dtype(np.float32), 5)
   server, client = server_factory(config, spec)
-  num_envs, steps = 3, 9  # 9 vector steps -> 2 unrolls of T+1 = 5 per env
+  num_envs, steps = 4, 9  # 9 vector steps -> 2 unrolls of T+1 = 5 per env
   writer = replay_lib.UnrollWriter(client, builder.make_spec(config, spec), num_envs)
   rng = np.random.default_rng(0)
   written = []
@@ -58,12 +60,12 @@ def test_schema_round_trips_with_one_step_overlap(server_factory):
     written.append(step)
     writer.append(step)
   writer.flush()
-  assert client.server_info()[replay_lib.TABLE].current_size == 2 * num_envs
+  assert client.server_info()[replay_lib.TABLE].current_size == 2 * num_envs // 2
 
-  items = _read(f"localhost:{server.port}", 2 * num_envs)
+  items = _read(f"localhost:{server.port}", 2 * num_envs, batch_size=2, group=2)
   assert items.observation.shape == (2 * num_envs, 5, 3)
   assert items.behaviour_logits.shape == (2 * num_envs, 5, 5)
-  # FIFO: unroll 0 of envs 0..2, then unroll 1; unroll k covers steps 4k..4k+4.
+  # FIFO: unroll 0 of envs 0..3, then unroll 1; unroll k covers steps 4k..4k+4.
   for u in range(2):
     for e in range(num_envs):
       got = jax.tree.map(lambda x: x[u * num_envs + e], items)
@@ -90,10 +92,10 @@ def test_actor_writes_consistent_unrolls(server_factory):
   vector_steps = 201
   env_steps = actor.run(max_steps=vector_steps)
   assert env_steps == vector_steps * 4
-  n_items = (vector_steps - 1) // 10 * 4
-  assert client.server_info()[replay_lib.TABLE].current_size == n_items
+  n_unrolls = (vector_steps - 1) // 10 * 4
+  assert client.server_info()[replay_lib.TABLE].current_size == n_unrolls // 4
 
-  items = _read(f"localhost:{server.port}", n_items)
+  items = _read(f"localhost:{server.port}", n_unrolls, batch_size=4, group=4)
   # Episode structure: a terminal observation (discount 0) is followed by a
   # reset observation (is_first) whose reward is 0; the first step is first.
   term = items.discount[:, :-1] == 0.0
