@@ -88,15 +88,16 @@ def actor_rate(config, seconds=8.0):
   thread = threading.Thread(target=go)
   thread.start()
   time.sleep(2.0)  # compile and warm up
-  before = client.server_info()[replay_lib.TABLE].num_episodes, time.perf_counter()
+  before = time.perf_counter()
   size0 = client.server_info()[replay_lib.TABLE].current_size
   time.sleep(seconds)
   size1 = client.server_info()[replay_lib.TABLE].current_size
-  elapsed = time.perf_counter() - before[1]
+  elapsed = time.perf_counter() - before
   stop.set()
   thread.join()
   server.stop()
-  return (size1 - size0) * config.unroll_length / elapsed
+  # Table sizes count items of `unrolls_per_item` unrolls of T new env steps.
+  return (size1 - size0) * builder.unrolls_per_item(config) * config.unroll_length / elapsed
 
 
 def learner_rate(config, seconds=5.0):

@@ -110,7 +110,7 @@ class Actor(core.Worker):
   def __init__(self, env, network: networks_lib.Network, variable_source, writer: UnrollWriter,
                key: jax.Array, variable_update_period: int,
                report: Optional[Callable[..., Any]] = None, logger=None,
-               report_every_seconds: float = 1.0,
+               report_every_seconds: float = 0.5,
                stop_event: Optional[threading.Event] = None):
     self._env = env
     self._policy = make_policy(network)

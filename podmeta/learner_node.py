@@ -51,6 +51,7 @@ class LearnerNode(core.Worker, core.VariableSource):
                run_dir: str, budget: Budget, env_steps_per_batch: int, logger=None,
                log_every_seconds: float = 5.0, checkpoint_every_seconds: float = 120.0,
                stop_program: Optional[Callable[[], None]] = None,
+               replay_stats: Optional[Callable[[], dict]] = None,
                stop_event: Optional[threading.Event] = None):
     self._learner = learner
     self._make_prefetcher = make_prefetcher
@@ -62,6 +63,8 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._log_every = log_every_seconds
     self._checkpoint_every = checkpoint_every_seconds
     self._stop_program = stop_program
+    self._replay_stats = replay_stats
+    self._last_replay_info = {}
     self._stop_event = stop_event
     self._lock = threading.Lock()
     # Counters that survive a resume.
@@ -196,7 +199,18 @@ class LearnerNode(core.Worker, core.VariableSource):
       row["policy_lag_max"] = float(np.max(lags))
     if metrics is not None:
       row.update({k: float(np.asarray(v)[0]) for k, v in jax.device_get(metrics).items()})
+    row.update(self._replay_info())
     self._logger.write(row)
+
+  def _replay_info(self) -> dict:
+    """The replay table's counts; the last ones read if the server has gone."""
+    if self._replay_stats is None:
+      return {}
+    try:
+      self._last_replay_info = self._replay_stats()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.info("replay stats unavailable (%s); using the last ones", str(e).splitlines()[0])
+    return self._last_replay_info
 
   def _write_summary(self, exit_reason: str, wall: float) -> None:
     c = self._counters(wall)
@@ -213,6 +227,7 @@ class LearnerNode(core.Worker, core.VariableSource):
         "exit_reason": exit_reason,
         "resumed_from_env_steps": self._env_steps_at_start,
         "resumed_from_learner_steps": self._learner_steps_at_start,
+        **self._replay_info(),
         "checkpoint_dir": self._checkpointer.directory,
         "latest_checkpoint_step": self._checkpointer.latest_step(),
     }

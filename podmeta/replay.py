@@ -106,6 +106,17 @@ def make_tables(spec: Trajectory, *, replay: str, max_size: int,
   raise ValueError(f"unknown replay {replay!r}")
 
 
+def table_stats(client: reverb.Client, group: int, timeout_s: int = 1) -> Dict[str, int]:
+  """Unrolls inserted into and sampled from the table so far (this server's life).
+
+  With a deadline: at shutdown the server may already be gone.
+  """
+  info = client.server_info(timeout=timeout_s)[TABLE]
+  return {"replay_inserted_unrolls": int(info.rate_limiter_info.insert_stats.completed) * group,
+          "replay_sampled_unrolls": int(info.rate_limiter_info.sample_stats.completed) * group,
+          "replay_size_unrolls": int(info.current_size) * group}
+
+
 class UnrollWriter:
   """Writes a vector env's unrolls, one Reverb item per group of environments.
 

@@ -88,13 +88,18 @@ def summary(run_dir):
     return json.load(f)
 
 
-def wait_for_file_rows(path, rows: int, timeout: float, proc=None):
+def wait_for_learner_steps(run_dir, min_steps: int, timeout: float, proc=None) -> bool:
+  """Waits until the learner's CSV log shows at least `min_steps` learner steps."""
+  from podmeta import loggers
+  path = os.path.join(run_dir, "logs", "learner.csv")
   deadline = time.time() + timeout
   while time.time() < deadline:
-    if os.path.exists(path):
-      with open(path) as f:
-        if sum(1 for _ in f) > rows:
-          return True
+    try:
+      steps = loggers.read_csv(path).get("learner_steps")
+    except (OSError, ValueError):
+      steps = None  # the file is being rewritten
+    if steps is not None and len(steps) and np.nanmax(steps) >= min_steps:
+      return True
     if proc is not None and proc.poll() is not None:
       return False
     time.sleep(0.2)

@@ -14,17 +14,19 @@ import pytest
 from tests import helpers
 
 # Small, fast runs: these test plumbing, not learning.
-FAST = ["--config.max_env_steps=40000", "--config.envs_per_actor=8", "--config.batch_size=16",
+FAST = ["--config.max_env_steps=40000", "--config.unroll_length=10", "--config.envs_per_actor=8", "--config.batch_size=16",
         "--config.eval_every_seconds=2", "--config.eval_episodes=2",
         "--config.log_every_seconds=1"]
 ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
-@pytest.mark.parametrize("launch_type", ["local_mt", "local_mp"])
-def test_launch_reaches_budget_and_stops_cleanly(tmp_path, launch_type):
+@pytest.mark.parametrize("launch_type, replay", [("local_mt", "queue"), ("local_mp", "queue"),
+                                                 ("local_mt", "uniform")])
+def test_launch_reaches_budget_and_stops_cleanly(tmp_path, launch_type, replay):
   run_dir = str(tmp_path / "run")
   code, out, left = helpers.run(
-      helpers.train_command(run_dir, f"--lp_launch_type={launch_type}", "--num_actors=3", *FAST),
+      helpers.train_command(run_dir, f"--lp_launch_type={launch_type}", "--num_actors=3", *FAST,
+                            f"--config.replay={replay}", "--config.samples_per_insert=2.0"),
       timeout=240, env_overrides=ONE_DEVICE)
   assert code == 0, out[-5000:]
   assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
@@ -39,6 +41,17 @@ def test_launch_reaches_budget_and_stops_cleanly(tmp_path, launch_type):
   assert any(f.startswith("events.out") for f in os.listdir(os.path.join(run_dir, "tb", "learner")))
   assert s["latest_checkpoint_step"] == s["learner_steps"]
   assert f"results in {run_dir}" in out
+  # The replay server's own counts: the queue hands out each unroll once,
+  # uniform replay about samples_per_insert times.
+  # Sampled but not yet trained on: at most the prefetch queue (2 batches),
+  # one batch in the reader thread and the dataset's in-flight samples (2).
+  in_flight = s["replay_sampled_unrolls"] - s["learner_steps"] * 16
+  assert 0 <= in_flight <= 5 * 16, in_flight
+  ratio = s["replay_sampled_unrolls"] / s["replay_inserted_unrolls"]
+  if replay == "queue":
+    assert 0.5 < ratio <= 1.0, ratio
+  else:
+    assert 1.5 < ratio < 2.3, ratio
 
 
 @pytest.mark.parametrize("launch_type, sig", [("local_mt", signal.SIGTERM),
@@ -49,8 +62,7 @@ def test_signal_stops_every_node_and_writes_final_checkpoint(tmp_path, launch_ty
       helpers.train_command(run_dir, f"--lp_launch_type={launch_type}", "--num_actors=2",
                             *FAST, "--config.max_env_steps=100000000"),
       env_overrides=ONE_DEVICE)
-  assert helpers.wait_for_file_rows(os.path.join(run_dir, "logs", "learner.csv"), 2, 180, proc), \
-      "the learner never logged"
+  assert helpers.wait_for_learner_steps(run_dir, 5, 180, proc), "the learner never trained"
   # Signal the whole process group, as a terminal's Ctrl-C does.
   os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
   code, out, left = helpers.finish(proc, timeout=60)
