@@ -98,7 +98,8 @@ def build_learner_node(config: Config, run_dir: str, replay_client, stop_program
       log_every_seconds=config.log_every_seconds,
       checkpoint_every_seconds=config.checkpoint_every_seconds,
       stop_program=stop_program,
-      replay_stats=lambda: replay_lib.table_stats(replay_client, unrolls_per_item(config)))
+      replay_stats=lambda: replay_lib.table_stats(replay_client, unrolls_per_item(config)),
+      expect_eval=config.eval_episodes > 0)
 
 
 def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_client, learner):

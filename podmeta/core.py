@@ -6,7 +6,7 @@ below depends on either.
 
 import abc
 import threading
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 
 class VariableSource(abc.ABC):
@@ -52,9 +52,6 @@ def launchpad_stop_event() -> threading.Event:
     return lp.stop_event()
   except RuntimeError:
     return threading.Event()
-
-
-StopPredicate = Callable[[], bool]
 
 
 def resolve_stop_event(stop_event: Optional[threading.Event]) -> threading.Event:

@@ -24,6 +24,7 @@ from podmeta.checkpointing import Checkpointer
 from podmeta.learning import Learner
 
 _SHUTDOWN_GRACE_SECONDS = 1.0
+_FIRST_EVAL_WAIT_SECONDS = 60.0
 
 PROGRESS_KEYS = ["env_steps", "env_steps_per_second", "learner_steps", "episode_return_mean",
                  "eval_return", "policy_lag", "loss"]
@@ -52,6 +53,7 @@ class LearnerNode(core.Worker, core.VariableSource):
                log_every_seconds: float = 5.0, checkpoint_every_seconds: float = 120.0,
                stop_program: Optional[Callable[[], None]] = None,
                replay_stats: Optional[Callable[[], dict]] = None,
+               expect_eval: bool = False,
                stop_event: Optional[threading.Event] = None):
     self._learner = learner
     self._make_prefetcher = make_prefetcher
@@ -64,6 +66,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._checkpoint_every = checkpoint_every_seconds
     self._stop_program = stop_program
     self._replay_stats = replay_stats
+    self._expect_eval = expect_eval
     self._last_replay_info = {}
     self._stop_event = stop_event
     self._lock = threading.Lock()
@@ -128,6 +131,8 @@ class LearnerNode(core.Worker, core.VariableSource):
         if now - last_ckpt >= self._checkpoint_every:
           self._save(time.monotonic() - start)
           last_ckpt = now
+      if exit_reason != "stopped":
+        self._wait_for_first_eval(stop)
     finally:
       prefetcher.close()
       wall = time.monotonic() - start
@@ -152,6 +157,15 @@ class LearnerNode(core.Worker, core.VariableSource):
       time.sleep(_SHUTDOWN_GRACE_SECONDS)
 
   # -- helpers --------------------------------------------------------------
+
+  def _wait_for_first_eval(self, stop: threading.Event) -> None:
+    """A short run can reach its budget before the evaluator's first report
+    (in local_mp its process is still importing); wait for one, bounded, so
+    summary.json always has an evaluation of the trained policy."""
+    deadline = time.monotonic() + _FIRST_EVAL_WAIT_SECONDS
+    while (self._expect_eval and np.isnan(self._eval_return) and not stop.is_set()
+           and time.monotonic() < deadline):
+      time.sleep(0.1)
 
   def _counters(self, wall_seconds: float) -> dict:
     with self._lock:

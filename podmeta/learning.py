@@ -111,6 +111,9 @@ class Learner(core.VariableSource, core.Saveable):
     self._update = jax.pmap(update, axis_name=AXIS, devices=self._devices)
     self._template = init_state(network, optimizer, key, dummy_obs)
     self._state = replicate(self._template, self._devices)
+    # A host-side copy of state.step: reading the device's would wait for the
+    # update in flight on every call.
+    self._steps = 0
     self._lock = threading.Lock()
     self._cached: Tuple[int, Any] = (-1, None)
 
@@ -124,17 +127,17 @@ class Learner(core.VariableSource, core.Saveable):
 
   @property
   def step_count(self) -> int:
-    return int(self._state.step[0])
+    return self._steps
 
   def step(self, batch: Trajectory) -> Dict:
     """One update on a batch already sharded over devices. Returns device metrics."""
     self._state, metrics = self._update(self._state, batch)
+    self._steps += 1
     return metrics
 
   def get_variables(self) -> Tuple[int, Any]:
-    state = self._state  # an atomic read; device arrays are immutable
+    state, version = self._state, self._steps  # device arrays are immutable
     with self._lock:
-      version = int(state.step[0])
       if self._cached[0] != version:
         self._cached = (version, unreplicate(state.params))
       return self._cached
@@ -145,6 +148,7 @@ class Learner(core.VariableSource, core.Saveable):
   def restore(self, state: LearnerState) -> None:
     _check_same_structure(self._template, state)
     self._state = replicate(state, self._devices)
+    self._steps = int(np.asarray(state.step))
 
   @property
   def template(self) -> LearnerState:

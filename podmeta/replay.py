@@ -15,7 +15,7 @@ step); `unrolls_per_item` divides the batch size, so batches are whole items.
 import math
 import queue
 import threading
-from typing import Dict, Iterator, NamedTuple, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence
 
 from absl import logging
 import jax

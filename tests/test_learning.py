@@ -7,7 +7,6 @@ import pytest
 import envs
 from podmeta import builder
 from podmeta.config import Config
-from podmeta.replay import Trajectory, trajectory_spec
 
 from tests import helpers
 

@@ -5,7 +5,6 @@ and asserts that no process of that session is left when the launcher exits.
 """
 
 import os
-import shutil
 import signal
 
 import numpy as np
@@ -35,6 +34,7 @@ def test_launch_reaches_budget_and_stops_cleanly(tmp_path, launch_type, replay):
   assert s["env_steps"] >= 40000
   assert s["learner_steps"] > 0
   assert s["episode_return_mean"] > 0
+  assert s["eval_return_mean"] > 0  # the learner waits for a first evaluation
   for name in ["config.json", "learning_curve.png", "logs/learner.csv", "logs/actor_0.csv",
                "logs/actor_2.csv", "logs/evaluator.csv"]:
     assert os.path.exists(os.path.join(run_dir, name)), name
@@ -74,7 +74,6 @@ def test_signal_stops_every_node_and_writes_final_checkpoint(tmp_path, launch_ty
 
 
 def test_resume_continues_counters_and_parameters(tmp_path):
-  from podmeta.checkpointing import Checkpointer
   import jax
   run_dir = str(tmp_path / "run")
   code, out, _ = helpers.run(helpers.train_command(run_dir, "--num_actors=1", *FAST),
@@ -94,6 +93,10 @@ def test_resume_continues_counters_and_parameters(tmp_path):
   assert second["env_steps"] >= 80000
   assert second["learner_steps"] > first["learner_steps"]
   assert second["episodes"] > first["episodes"]
+  # The resumed run kept the first run's final checkpoint intact.
+  kept = _params_at(ckpt_dir, first["latest_checkpoint_step"])
+  for a, b in zip(jax.tree.leaves(saved_first), jax.tree.leaves(kept)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_learner_node_resumes_from_the_latest_checkpoint(tmp_path):
