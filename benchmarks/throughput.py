@@ -46,18 +46,23 @@ def load_config():
   return Config.from_mapping(module.get_config().to_dict())
 
 
-def raw_env_rate(config, seconds=5.0):
+def raw_env_rate(config, seconds=3.0, repeats=3):
+  """Best of `repeats` windows: other load on a shared machine only lowers a rate,
+  and a low (a) would inflate every ratio to it."""
   import envs
   env = envs.make_vector_env(config.env_id, config.envs_per_actor, seed=0)
   rng = np.random.default_rng(0)
   n = env.num_envs
   num_actions = env.single_action_space.n
-  steps, start = 0, time.perf_counter()
-  while time.perf_counter() - start < seconds:
-    for _ in range(50):
-      env.step(rng.integers(0, num_actions, n))
-    steps += 50 * n
-  return steps / (time.perf_counter() - start)
+  rates = []
+  for _ in range(repeats):
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+      for _ in range(50):
+        env.step(rng.integers(0, num_actions, n))
+      steps += 50 * n
+    rates.append(steps / (time.perf_counter() - start))
+  return max(rates)
 
 
 def actor_rate(config, seconds=8.0):
@@ -227,6 +232,9 @@ def main(argv):
       print(f"(d) {mode}, {n} actor(s) ...", flush=True)
       results["end_to_end"].append({"mode": mode, "num_actors": n, "env_steps_per_second":
                                     end_to_end_rate(n, mode, _SECONDS.value, _WARMUP.value)})
+  # (a) again at the end, so a busy moment at the start cannot set the baseline.
+  results["raw_env_steps_per_second"] = max(results["raw_env_steps_per_second"],
+                                            raw_env_rate(config))
   write_outputs(results)
   print(json.dumps(results, indent=2))
   print(f"wrote {_MARKDOWN.value} and {_OUT.value}/throughput.{{json,png}}")
