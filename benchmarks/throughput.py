@@ -109,7 +109,8 @@ def learner_rate(config, seconds=5.0):
   import jax
   import envs
   from podmeta import builder
-  from tests.helpers import per_device, random_batch
+  from podmeta.replay import per_device
+  from tests.helpers import random_batch
   spec = envs.env_spec(config.env_id)
   learner = builder.make_learner(config, spec)
   batch = random_batch(spec, config.batch_size, config.unroll_length, seed=0)

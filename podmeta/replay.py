@@ -224,7 +224,7 @@ class Prefetcher:
           traj = Trajectory(**batch)
           version = int(traj.policy_version[:, :-1].min())
           sharded = jax.device_put_sharded(
-              _per_device(traj, len(self._devices)), self._devices)
+              per_device(traj, len(self._devices)), self._devices)
           while not self._stop.is_set():
             try:
               self._queue.put((sharded, version), timeout=0.2)
@@ -251,6 +251,7 @@ class Prefetcher:
     self._thread.join(timeout=5.0)
 
 
-def _per_device(batch: Trajectory, num_devices: int):
+def per_device(batch: Trajectory, num_devices: int):
+  """[B, ...] -> a list of num_devices batches of B // num_devices, for device_put_sharded."""
   split = split_for_devices(batch, num_devices)
   return [jax.tree.map(lambda x, i=i: x[i], split) for i in range(num_devices)]

@@ -7,11 +7,10 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import psutil
 
-from podmeta.replay import Trajectory, split_for_devices
+from podmeta.replay import Trajectory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,11 +29,6 @@ def random_batch(spec, batch_size: int, unroll_length: int, seed: int) -> Trajec
       is_first=is_first,
       behaviour_logits=rng.normal(size=(batch_size, n, spec.num_actions)).astype(np.float32),
       policy_version=np.zeros((batch_size, n), np.int32))
-
-
-def per_device(batch: Trajectory, n: int):
-  split = split_for_devices(batch, n)
-  return [jax.tree.map(lambda x, i=i: x[i], split) for i in range(n)]
 
 
 def train_command(run_dir, *args):

@@ -7,6 +7,7 @@ import pytest
 import envs
 from podmeta import builder
 from podmeta.config import Config
+from podmeta import replay as replay_lib
 
 from tests import helpers
 
@@ -21,7 +22,7 @@ def test_eight_device_update_equals_one_device_update():
   for n in (1, 8):
     learner = builder.make_learner(config, spec, devices=jax.devices()[:n])
     assert learner.num_devices == n
-    sharded = jax.device_put_sharded(helpers.per_device(batch, n), learner.devices)
+    sharded = jax.device_put_sharded(replay_lib.per_device(batch, n), learner.devices)
     metrics = learner.step(sharded)
     metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
     # Every device holds identical state after the pmean-ed update.
@@ -44,7 +45,7 @@ def test_learner_save_restore_round_trip():
   spec = envs.env_spec(config.env_id)
   learner = builder.make_learner(config, spec, devices=jax.devices()[:2])
   batch = helpers.random_batch(spec, 8, 5, seed=1)
-  learner.step(jax.device_put_sharded(helpers.per_device(batch, 2), learner.devices))
+  learner.step(jax.device_put_sharded(replay_lib.per_device(batch, 2), learner.devices))
   saved = learner.save()
   other = builder.make_learner(config.replace(seed=5), spec, devices=jax.devices()[:2])
   other.restore(saved)
