@@ -74,7 +74,10 @@ def test_signal_stops_every_node_and_writes_final_checkpoint(tmp_path, launch_ty
 
 
 def test_resume_continues_counters_and_parameters(tmp_path):
+  import types
   import jax
+  from podmeta import builder
+  from podmeta.config import Config
   run_dir = str(tmp_path / "run")
   code, out, _ = helpers.run(helpers.train_command(run_dir, "--num_actors=1", *FAST),
                              timeout=240, env_overrides=ONE_DEVICE)
@@ -82,6 +85,18 @@ def test_resume_continues_counters_and_parameters(tmp_path):
   first = helpers.summary(run_dir)
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   saved_first = _params_at(ckpt_dir, first["latest_checkpoint_step"])
+
+  # The learner node built for a resumed run holds the checkpoint's
+  # parameters and counters.
+  config = Config.from_mapping(_load_json(os.path.join(run_dir, "config.json")))
+  node = builder.build_learner_node(config, run_dir,
+                                    types.SimpleNamespace(server_address="unused"))
+  version, params = node.get_variables()
+  assert version == first["learner_steps"]
+  for a, b in zip(jax.tree.leaves(saved_first["params"]), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  assert node._env_steps == first["env_steps"]
+  del node
 
   code, out, _ = helpers.run(
       helpers.train_command(run_dir, "--num_actors=1", *FAST, "--config.max_env_steps=80000"),
@@ -97,28 +112,6 @@ def test_resume_continues_counters_and_parameters(tmp_path):
   kept = _params_at(ckpt_dir, first["latest_checkpoint_step"])
   for a, b in zip(jax.tree.leaves(saved_first), jax.tree.leaves(kept)):
     np.testing.assert_array_equal(a, b)
-
-
-def test_learner_node_resumes_from_the_latest_checkpoint(tmp_path):
-  """The node built for a resumed run holds the checkpoint's parameters and counters."""
-  import types
-  import jax
-  from podmeta import builder
-  from podmeta.config import Config
-  run_dir = str(tmp_path / "run")
-  code, out, _ = helpers.run(helpers.train_command(run_dir, "--num_actors=1", *FAST),
-                             timeout=240, env_overrides=ONE_DEVICE)
-  assert code == 0, out[-5000:]
-  first = helpers.summary(run_dir)
-  saved = _params_at(os.path.join(run_dir, "checkpoints"), first["latest_checkpoint_step"])
-  config = Config.from_mapping(_load_json(os.path.join(run_dir, "config.json")))
-  node = builder.build_learner_node(config, run_dir,
-                                    types.SimpleNamespace(server_address="unused"))
-  version, params = node.get_variables()
-  assert version == first["learner_steps"]
-  for a, b in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(params)):
-    np.testing.assert_array_equal(a, b)
-  assert node._env_steps == first["env_steps"]
 
 
 def _load_json(path):
