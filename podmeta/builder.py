@@ -24,6 +24,8 @@ from podmeta import loggers
 from podmeta.logging_setup import quiet_third_party_logs
 from podmeta import networks as networks_lib
 from podmeta import replay as replay_lib
+from podmeta.meta import params as meta_params
+from podmeta.meta import update as meta_update
 
 # Seeds of the nodes are derived from config.seed with these offsets so that
 # actors, evaluator and learner never share a stream.
@@ -56,13 +58,57 @@ def make_spec(config: Config, spec: envs.EnvSpec) -> replay_lib.Trajectory:
                                     config.unroll_length, unrolls_per_item(config))
 
 
-def make_learner(config: Config, spec: envs.EnvSpec, devices=None) -> learning.Learner:
+def outer_hyperparams(config: Config) -> losses.LossHyperparams:
+  """The meta-objective's loss: policy gradient and a fixed entropy cost, no value term."""
+  return loss_hyperparams(config)._replace(entropy_cost=config.meta.outer_entropy_cost,
+                                           baseline_cost=0.0)
+
+
+def make_parameterisation(config: Config) -> meta_params.Parameterisation:
+  m = config.meta
+  bounds = {name: meta_params.Bounded(p.init, p.low, p.high, p.transform)
+            for name, p in m.hyperparams.items()}
+  if m.context == "reward":
+    return meta_params.Parameterisation(bounds, hidden_size=m.meta_hidden_size,
+                                        context_size=m.context_window)
+  return meta_params.Parameterisation(bounds)
+
+
+def meta_options(config: Config) -> meta_update.MetaOptions:
+  m = config.meta
+  return meta_update.MetaOptions(
+      method=m.method, inner_steps=m.inner_steps, target_steps=m.target_steps,
+      target_data=m.target_data, continue_from=m.continue_from, matching=m.matching,
+      value_matching_cost=m.value_matching_cost, target_update=m.target_update,
+      target_learning_rate=m.target_learning_rate)
+
+
+def make_update_and_state(config: Config, spec: envs.EnvSpec,
+                          axis_name: Optional[str] = learning.AXIS):
+  """The pure learner step for this config and the state it starts from."""
+  network, optimizer = make_network(config, spec), make_optimizer(config)
+  key = jax.random.PRNGKey(config.seed * 7919 + _LEARNER_SEED)
   dummy_obs = np.zeros((1,) + spec.obs_shape, spec.obs_dtype)
-  return learning.Learner(
-      make_network(config, spec), make_optimizer(config), loss_hyperparams(config), dummy_obs,
-      jax.random.PRNGKey(config.seed * 7919 + _LEARNER_SEED), devices=devices,
-      clip_rho_threshold=config.clip_rho_threshold,
-      clip_pg_rho_threshold=config.clip_pg_rho_threshold)
+  clip = dict(clip_rho_threshold=config.clip_rho_threshold,
+              clip_pg_rho_threshold=config.clip_pg_rho_threshold)
+  if not config.meta.enabled:
+    update = learning.make_update_fn(network, optimizer, loss_hyperparams(config),
+                                     axis_name=axis_name, **clip)
+    return update, learning.init_state(network, optimizer, key, dummy_obs)
+  m = config.meta
+  parameterisation = make_parameterisation(config)
+  meta_optimizer = meta_update.make_meta_optimizer(m.learning_rate, m.max_grad_norm, m.adam_eps)
+  meta_state = meta_update.init_meta_state(parameterisation, meta_optimizer,
+                                           jax.random.fold_in(key, 1), m.context_window)
+  update = meta_update.make_meta_update_fn(
+      network, optimizer, parameterisation, meta_optimizer, loss_hyperparams(config),
+      outer_hyperparams(config), meta_options(config), axis_name=axis_name, **clip)
+  return update, learning.init_state(network, optimizer, key, dummy_obs, meta=meta_state)
+
+
+def make_learner(config: Config, spec: envs.EnvSpec, devices=None) -> learning.Learner:
+  update, state = make_update_and_state(config, spec)
+  return learning.Learner(update, state, devices=devices)
 
 
 def make_checkpointer(config: Config, run_dir: str) -> Checkpointer:
@@ -164,16 +210,17 @@ def preflight(config: Config, run_dir: str, num_devices: Optional[int] = None) -
   envs.check_env_id(config.env_id)
   spec = envs.env_spec(config.env_id)
   n = num_devices or jax.local_device_count()
-  if config.batch_size % n:
-    raise ValueError(f"config field 'batch_size' ({config.batch_size}) is not divisible by "
-                     f"the number of learner devices ({n})")
+  chunks = config.meta.batch_chunks
+  if config.batch_size % (n * chunks):
+    raise ValueError(
+        f"config field 'batch_size' ({config.batch_size}) is not divisible by the number of "
+        f"learner devices ({n})" + (f" times the meta-update's sub-batches ({chunks})"
+                                    if chunks > 1 else ""))
   if os.path.exists(run_dir) and not os.path.isdir(run_dir):
     raise ValueError(f"run_dir {run_dir!r} exists and is not a directory")
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-    learner_template = learning.init_state(
-        make_network(config, spec), make_optimizer(config), jax.random.PRNGKey(0),
-        np.zeros((1,) + spec.obs_shape, spec.obs_dtype))
+    _, learner_template = make_update_and_state(config, spec)
     checkpointer = make_checkpointer(config, run_dir)
     try:
       checkpointer.restore_latest(learner_template)  # raises CheckpointError (a ValueError)

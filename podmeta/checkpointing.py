@@ -68,7 +68,7 @@ class Checkpointer:
       counters = dict(restored["counters"])
     except Exception as e:  # pylint: disable=broad-except
       msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      if "mismatch" in msg.lower():
+      if "mismatch" in msg.lower() or "do not match" in msg.lower():
         raise CheckpointError(
             f"checkpoint {path} does not match this config's network/optimizer "
             f"({msg[:200]})") from e

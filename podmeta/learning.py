@@ -7,7 +7,7 @@ and metrics are pmean-ed over it, so every device holds identical state.
 
 import functools
 import threading
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,15 +26,24 @@ class LearnerState(NamedTuple):
   params: Any
   opt_state: Any
   step: jnp.ndarray  # learner steps taken, int32 scalar
+  # podmeta.meta.MetaState when hyperparameters are meta-learned, else ().
+  meta: Any = ()
 
 
 def make_optimizer(name: str, learning_rate: float, max_grad_norm: float,
                    rmsprop_decay: float = 0.99, eps: float = 1e-6
                    ) -> optax.GradientTransformation:
+  """Clip by global norm, then the optimiser; every step is differentiable.
+
+  Adam's `eps_root` keeps its update differentiable where a gradient entry is
+  zero (d sqrt(v)/dv is infinite at v = 0), which meta-gradients go through.
+  """
   if name == "adam":
-    opt = optax.adam(learning_rate, eps=eps)
+    opt = optax.adam(learning_rate, eps=eps, eps_root=1e-12)
   elif name == "rmsprop":
     opt = optax.rmsprop(learning_rate, decay=rmsprop_decay, eps=eps)
+  elif name == "sgd":
+    opt = optax.sgd(learning_rate)
   else:
     raise ValueError(f"unknown optimizer {name!r}")
   return optax.chain(optax.clip_by_global_norm(max_grad_norm), opt)
@@ -55,34 +64,61 @@ def batch_loss(network: networks_lib.Network, params, batch: Trajectory,
   return out.loss, out
 
 
+class AgentStep(NamedTuple):
+  params: Any
+  opt_state: Any
+  loss: losses.LossOutput
+  grad_norm: jnp.ndarray
+
+
+def agent_step(network: networks_lib.Network, optimizer: optax.GradientTransformation,
+               params, opt_state, batch: Trajectory, hyper: losses.LossHyperparams,
+               learning_rate_scale=None, clip_rho_threshold: float = 1.0,
+               clip_pg_rho_threshold: float = 1.0,
+               axis_name: Optional[str] = AXIS) -> AgentStep:
+  """One optimiser step on the IMPALA loss: the update rule meta-gradients go through.
+
+  `hyper` and `learning_rate_scale` may be traced values (meta-learned); the
+  whole step is differentiable with respect to them.
+  """
+  grads, out = jax.grad(batch_loss, argnums=1, has_aux=True)(
+      network, params, batch, hyper, clip_rho_threshold, clip_pg_rho_threshold)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  if learning_rate_scale is not None:
+    updates = jax.tree.map(lambda u: learning_rate_scale * u, updates)
+  return AgentStep(optax.apply_updates(params, updates), opt_state, out,
+                   optax.global_norm(grads))
+
+
 def make_update_fn(network: networks_lib.Network, optimizer: optax.GradientTransformation,
                    hyper: losses.LossHyperparams, clip_rho_threshold: float = 1.0,
                    clip_pg_rho_threshold: float = 1.0, axis_name: Optional[str] = AXIS):
-  """The pure learner step. With `axis_name`, it must run under pmap/vmap of that name."""
-  loss_fn = functools.partial(batch_loss, network, hyper=hyper,
-                              clip_rho_threshold=clip_rho_threshold,
-                              clip_pg_rho_threshold=clip_pg_rho_threshold)
+  """The pure learner step with fixed hyperparameters.
+
+  With `axis_name`, it must run under pmap/vmap of that name.
+  """
 
   def update(state: LearnerState, batch: Trajectory) -> Tuple[LearnerState, Dict]:
-    grads, out = jax.grad(loss_fn, has_aux=True)(state.params, batch)
-    if axis_name is not None:
-      grads = jax.lax.pmean(grads, axis_name)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(out._asdict())
-    metrics["grad_norm"] = optax.global_norm(grads)
+    out = agent_step(network, optimizer, state.params, state.opt_state, batch, hyper,
+                     clip_rho_threshold=clip_rho_threshold,
+                     clip_pg_rho_threshold=clip_pg_rho_threshold, axis_name=axis_name)
+    metrics = dict(out.loss._asdict())
+    metrics["grad_norm"] = out.grad_norm
     if axis_name is not None:
       metrics = jax.lax.pmean(metrics, axis_name)
-    return LearnerState(params, opt_state, state.step + 1), metrics
+    return state._replace(params=out.params, opt_state=out.opt_state,
+                          step=state.step + 1), metrics
 
   return update
 
 
 def init_state(network: networks_lib.Network, optimizer: optax.GradientTransformation,
-               key: jax.Array, dummy_obs: np.ndarray) -> LearnerState:
+               key: jax.Array, dummy_obs: np.ndarray, meta: Any = ()) -> LearnerState:
   params = network.init(key, dummy_obs)
   return LearnerState(params=params, opt_state=optimizer.init(params),
-                      step=jnp.zeros((), jnp.int32))
+                      step=jnp.zeros((), jnp.int32), meta=meta)
 
 
 def replicate(tree, devices: Sequence):
@@ -101,15 +137,12 @@ class Learner(core.VariableSource, core.Saveable):
   `step` runs on the learner's own thread.
   """
 
-  def __init__(self, network: networks_lib.Network, optimizer: optax.GradientTransformation,
-               hyper: losses.LossHyperparams, dummy_obs: np.ndarray, key: jax.Array,
-               devices: Optional[Sequence] = None, clip_rho_threshold: float = 1.0,
-               clip_pg_rho_threshold: float = 1.0):
+  def __init__(self, update: Callable[[LearnerState, Trajectory], Tuple[LearnerState, Dict]],
+               initial_state: LearnerState, devices: Optional[Sequence] = None):
+    """`update` is a pure step written for pmap over the axis `AXIS`."""
     self._devices = list(devices or jax.local_devices())
-    update = make_update_fn(network, optimizer, hyper, clip_rho_threshold,
-                            clip_pg_rho_threshold, axis_name=AXIS)
     self._update = jax.pmap(update, axis_name=AXIS, devices=self._devices)
-    self._template = init_state(network, optimizer, key, dummy_obs)
+    self._template = initial_state
     self._state = replicate(self._template, self._devices)
     # A host-side copy of state.step: reading the device's would wait for the
     # update in flight on every call.

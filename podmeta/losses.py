@@ -89,17 +89,22 @@ def impala_loss(
   # (with gamma_t = 0 there) stops V-trace from carrying them backwards.
   rho_tm1 = jnp.exp(jax.lax.stop_gradient(logp_a - logmu_a)) * mask
 
+  # Targets and advantages are held fixed with respect to the agent's
+  # parameters by stopping the values (and rho) that enter them, not the
+  # targets themselves: a meta-learned discount or lambda must still get its
+  # gradient through them (Xu et al. 2018, arXiv 1805.09801).
+  v_fixed_tm1 = jax.lax.stop_gradient(v_tm1)
   vtrace = rlax.vtrace_td_error_and_advantage(
-      jax.lax.stop_gradient(v_tm1), jax.lax.stop_gradient(v_t), r_t, gamma_t,
+      v_fixed_tm1, jax.lax.stop_gradient(v_t), r_t, gamma_t,
       rho_tm1, lambda_=hyper.vtrace_lambda,
       clip_rho_threshold=clip_rho_threshold,
       clip_pg_rho_threshold=clip_pg_rho_threshold,
-      stop_target_gradients=True)
+      stop_target_gradients=False)
   # rlax's `errors` is (v_s - V(x_s)) with V held fixed; the value loss needs
   # the gradient through V(x_s), so rebuild the target and regress on it.
-  targets_tm1 = jax.lax.stop_gradient(vtrace.errors + v_tm1)
+  targets_tm1 = vtrace.errors + v_fixed_tm1
   value_loss = 0.5 * jnp.mean(mask * jnp.square(targets_tm1 - v_tm1))
-  policy_loss = -jnp.mean(mask * logp_a * jax.lax.stop_gradient(vtrace.pg_advantage))
+  policy_loss = -jnp.mean(mask * logp_a * vtrace.pg_advantage)
   entropy_t = -jnp.sum(jnp.exp(log_pi_tm1) * log_pi_tm1, axis=-1)
   entropy = jnp.mean(mask * entropy_t)
   loss = policy_loss + hyper.baseline_cost * value_loss - hyper.entropy_cost * entropy
