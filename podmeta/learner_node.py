@@ -16,6 +16,7 @@ from typing import Callable, List, Optional
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from podmeta import core
@@ -27,7 +28,7 @@ _SHUTDOWN_GRACE_SECONDS = 1.0
 _FIRST_EVAL_WAIT_SECONDS = 60.0
 
 PROGRESS_KEYS = ["env_steps", "env_steps_per_second", "learner_steps", "episode_return_mean",
-                 "eval_return", "policy_lag", "loss"]
+                 "eval_return", "policy_lag", "loss", "meta_loss", "meta/"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._replay_stats = replay_stats
     self._expect_eval = expect_eval
     self._last_replay_info = {}
+    self._last_hyperparameters = {}  # meta-learned values at the last log
     self._stop_event = stop_event
     self._lock = threading.Lock()
     # Counters that survive a resume.
@@ -107,7 +109,9 @@ class LearnerNode(core.Worker, core.VariableSource):
     prefetcher = self._make_prefetcher()
     last_log = last_ckpt = start
     steps_at_last_log, env_at_last_log = self._learner.step_count, self._env_steps
-    metrics, lags = None, []
+    # Metrics are summed on device between log rows (no host sync per step)
+    # and logged as means over the interval.
+    metrics, metric_steps, lags = None, 0, []
     exit_reason = None
     try:
       while True:
@@ -122,12 +126,16 @@ class LearnerNode(core.Worker, core.VariableSource):
         if item is not None:
           batch, version = item
           lags.append(self._learner.step_count - version)
-          metrics = self._learner.step(batch)
+          step_metrics = self._learner.step(batch)
+          metrics = step_metrics if metrics is None else jax.tree.map(
+              jnp.add, metrics, step_metrics)
+          metric_steps += 1
         now = time.monotonic()
         if now - last_log >= self._log_every:
-          self._log(metrics, lags, now - last_log, steps_at_last_log, env_at_last_log)
+          self._log(metrics, metric_steps, lags, now - last_log, steps_at_last_log,
+                    env_at_last_log)
           last_log, steps_at_last_log, env_at_last_log = now, self._learner.step_count, self._env_steps
-          lags = []
+          metrics, metric_steps, lags = None, 0, []
         if now - last_ckpt >= self._checkpoint_every:
           self._save(time.monotonic() - start)
           last_ckpt = now
@@ -137,7 +145,7 @@ class LearnerNode(core.Worker, core.VariableSource):
       prefetcher.close()
       wall = time.monotonic() - start
       if metrics is not None or lags:
-        self._log(metrics, lags, max(time.monotonic() - last_log, 1e-9),
+        self._log(metrics, metric_steps, lags, max(time.monotonic() - last_log, 1e-9),
                   steps_at_last_log, env_at_last_log)
       self._save(wall)
       self._write_summary(exit_reason or "error", wall)
@@ -193,7 +201,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     logging.info("resumed from checkpoint: learner step %d, env step %d",
                  self._learner.step_count, self._env_steps)
 
-  def _log(self, metrics, lags, seconds, steps_before, env_before) -> None:
+  def _log(self, metrics, metric_steps, lags, seconds, steps_before, env_before) -> None:
     if self._logger is None:
       return
     with self._lock:
@@ -212,7 +220,10 @@ class LearnerNode(core.Worker, core.VariableSource):
       row["policy_lag"] = float(np.mean(lags))
       row["policy_lag_max"] = float(np.max(lags))
     if metrics is not None:
-      row.update({k: float(np.asarray(v)[0]) for k, v in jax.device_get(metrics).items()})
+      row.update({k: float(np.asarray(v)[0]) / metric_steps
+                  for k, v in jax.device_get(metrics).items()})
+      self._last_hyperparameters = {k[len("meta/"):]: v for k, v in row.items()
+                                    if k.startswith("meta/")}
     row.update(self._replay_info())
     self._logger.write(row)
 
@@ -239,6 +250,7 @@ class LearnerNode(core.Worker, core.VariableSource):
         "wall_seconds_total": c["wall_seconds_total"],
         "env_steps_per_second": steps / wall if wall > 0 else 0.0,
         "exit_reason": exit_reason,
+        "meta_learned_hyperparameters": self._last_hyperparameters or None,
         "resumed_from_env_steps": self._env_steps_at_start,
         "resumed_from_learner_steps": self._learner_steps_at_start,
         **self._replay_info(),

@@ -77,8 +77,20 @@ class TensorBoardLogger:
     self._writer.close()
 
 
+def _select(row: Mapping, patterns: List[str]) -> List[str]:
+  """Keys of `row` in the order of `patterns`; a pattern ending in '/' is a group."""
+  keys = []
+  for p in patterns:
+    keys.extend(k for k in row if (k.startswith(p) if p.endswith("/") else k == p))
+  return keys
+
+
 class TerminalLogger:
-  """One absl INFO line per write, at most every `every_seconds`."""
+  """One absl INFO line per write, at most every `every_seconds`.
+
+  `keys` picks and orders what is printed; one ending in '/' stands for every
+  key that starts with it (e.g. "meta/").
+  """
 
   def __init__(self, label: str, every_seconds: float = 0.0, keys: Optional[List[str]] = None):
     self._label = label
@@ -92,7 +104,7 @@ class TerminalLogger:
       return
     self._last = now
     row = _scalars(row)
-    keys = [k for k in (self._keys or row) if k in row]
+    keys = _select(row, self._keys) if self._keys else list(row)
     logging.info("[%s] %s", self._label, " | ".join(f"{k}={_fmt(row[k])}" for k in keys))
 
   def close(self) -> None:

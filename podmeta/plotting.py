@@ -11,12 +11,18 @@ from podmeta import loggers  # noqa: E402
 
 
 def plot_run(run_dir: str, path: str = None) -> str:
-  """Writes learning_curve.png: training and evaluation return against env steps."""
+  """Writes learning_curve.png: return and throughput against env steps and,
+  when hyperparameters are meta-learned, one panel per meta-parameter trace
+  plus the meta-loss."""
   path = path or os.path.join(run_dir, "learning_curve.png")
   learner = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
   evaluator = loggers.read_csv(os.path.join(run_dir, "logs", "evaluator.csv"))
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  ax = axes[0]
+  meta_keys = sorted(k for k in learner if k.startswith("meta/"))
+  if meta_keys:
+    meta_keys.append("meta_loss")
+  rows = 1 + (len(meta_keys) + 1) // 2
+  fig, axes = plt.subplots(rows, 2, figsize=(11, 4 * rows), squeeze=False)
+  ax = axes[0, 0]
   if "episode_return_mean" in learner:
     ok = ~np.isnan(learner["episode_return_mean"])
     ax.plot(learner["env_steps"][ok], learner["episode_return_mean"][ok],
@@ -29,13 +35,23 @@ def plot_run(run_dir: str, path: str = None) -> str:
   ax.set_title("Return")
   ax.grid(alpha=0.3)
   ax.legend(loc="lower right", fontsize=8)
-  ax = axes[1]
+  ax = axes[0, 1]
   if "env_steps_per_second" in learner:
     ax.plot(learner["env_steps"], learner["env_steps_per_second"], label="env steps/s")
   ax.set_xlabel("environment steps")
   ax.set_ylabel("steps per second")
   ax.set_title("Throughput")
   ax.grid(alpha=0.3)
+  for i, key in enumerate(meta_keys):
+    ax = axes[1 + i // 2, i % 2]
+    if key in learner:
+      ok = ~np.isnan(learner[key])
+      ax.plot(learner["env_steps"][ok], learner[key][ok], color="tab:purple")
+    ax.set_xlabel("environment steps")
+    ax.set_title(key.replace("meta/", "meta-learned ") if key != "meta_loss" else "meta-loss")
+    ax.grid(alpha=0.3)
+  for j in range(len(meta_keys), 2 * (rows - 1)):
+    axes[1 + j // 2, j % 2].axis("off")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

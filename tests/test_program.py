@@ -54,6 +54,38 @@ def test_launch_reaches_budget_and_stops_cleanly(tmp_path, launch_type, replay):
     assert 1.5 < ratio < 2.3, ratio
 
 
+@pytest.mark.parametrize("launch_type", ["local_mt", "local_mp"])
+def test_bmg_program_meta_learns_and_logs_its_hyperparameters(tmp_path, launch_type):
+  from podmeta import loggers
+  run_dir = str(tmp_path / "run")
+  code, out, left = helpers.run(
+      helpers.train_command(run_dir, "--config=launch/configs/cartpole_bmg.py",
+                            f"--lp_launch_type={launch_type}", "--num_actors=2", *FAST,
+                            "--config.max_env_steps=60000"),
+      timeout=240, env_overrides={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert code == 0, out[-5000:]
+  assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  s = helpers.summary(run_dir)
+  assert s["exit_reason"] == "max_env_steps" and s["learner_steps"] > 50
+  log = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
+  trained = log["learner_steps"] > 0  # a row logged before the first step has no metrics
+  log = {k: v[trained] for k, v in log.items()}
+  for key in ["meta/entropy_cost", "meta/learning_rate_scale", "meta_loss", "meta_grad_norm"]:
+    assert key in log and np.all(np.isfinite(log[key])), key
+  assert np.all((log["meta/entropy_cost"] > 0) & (log["meta/entropy_cost"] < 0.05))
+  assert np.all((log["meta/learning_rate_scale"] > 0.25) & (log["meta/learning_rate_scale"] < 2))
+  final = s["meta_learned_hyperparameters"]
+  assert set(final) == {"entropy_cost", "learning_rate_scale"}
+  # Started at 0.01 and 1.0: the meta-gradient moved them.
+  assert abs(final["learning_rate_scale"] - 1.0) > 1e-3 or abs(final["entropy_cost"] - 0.01) > 1e-4
+  assert np.all(np.isfinite(log["loss"]))
+  tb_dir = os.path.join(run_dir, "tb", "learner")
+  events = b"".join(open(os.path.join(tb_dir, f), "rb").read() for f in os.listdir(tb_dir))
+  assert b"meta/entropy_cost" in events and b"meta_loss" in events
+  assert os.path.getsize(os.path.join(run_dir, "learning_curve.png")) > 10_000
+  assert "meta/learning_rate_scale=" in out  # the progress line shows them too
+
+
 @pytest.mark.parametrize("launch_type, sig", [("local_mt", signal.SIGTERM),
                                               ("local_mp", signal.SIGINT)])
 def test_signal_stops_every_node_and_writes_final_checkpoint(tmp_path, launch_type, sig):
