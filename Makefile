@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= launch/configs/cartpole_impala.py
 ARGS ?=
 
-.PHONY: setup train test bench lock clean
+.PHONY: setup train test bench results lock clean
 
 setup:
 	@bash scripts/install.sh
@@ -18,6 +18,10 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.throughput $(ARGS)
+
+# The BMG paper's grid-world comparison; rewrites RESULTS.md (about an hour on 2 cores).
+results: setup
+	$(PY) -m benchmarks.two_colours $(ARGS)
 
 # Regenerates requirements.lock from pyproject.toml (needs `uv` on PATH).
 lock:

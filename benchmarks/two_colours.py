@@ -17,7 +17,6 @@ benchmarks/results/two_colours.{json,png} (learning curves) and
 two_colours_entropy.png (the learned entropy cost around colour swaps).
 """
 
-import dataclasses
 import functools
 import json
 import os
@@ -38,8 +37,8 @@ from podmeta import builder
 from podmeta.config import Config
 from podmeta.replay import Trajectory
 
-_STEPS = flags.DEFINE_integer("steps", 3_000_000, "Environment steps per seed.")
-_SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per method (vmapped).")
+_STEPS = flags.DEFINE_integer("steps", 1_000_000, "Environment steps per seed.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per method (vmapped).")
 _METHODS = flags.DEFINE_list("methods", None, "Subset of methods to run (default: all).")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10_000, "Env steps per point of the curves.")
 _SWAP_EVERY = flags.DEFINE_integer("swap_every", two_colours.SWAP_EVERY,

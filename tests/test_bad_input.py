@@ -35,6 +35,15 @@ def _run_and_check(cmd, must_mention, env_overrides=None):
     (["--config=launch/configs/cartpole_impala.py", "--config.no_such_field=1"], "no_such_field"),
     (["--config=launch/configs/missing.py"], "missing.py"),
     (["--config.learning_rate=fast"], "learning_rate"),
+    # Meta-learning: K < 1, bounds that exclude the initial value, an unknown
+    # hyperparameter, a batch that does not split into the meta sub-batches.
+    (["--config=launch/configs/cartpole_bmg.py", "--config.meta.inner_steps=0"],
+     "'meta.inner_steps'"),
+    (["--config=launch/configs/cartpole_bmg.py", "--config.meta.hyperparams.entropy_cost.init=0.5"],
+     "'meta.hyperparams.entropy_cost.init'"),
+    (["--config=launch/configs/cartpole_bmg.py", "--config.meta.hyperparams.entropy_costs.init=0.1"],
+     "'entropy_costs'"),
+    (["--config=launch/configs/cartpole_bmg.py", "--config.meta.inner_steps=3"], "batch_size"),
 ])
 def test_bad_flags_and_config(tmp_path, args, must_mention):
   run_dir = tmp_path / "run"
