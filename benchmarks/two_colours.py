@@ -45,6 +45,8 @@ _SWAP_EVERY = flags.DEFINE_integer("swap_every", two_colours.SWAP_EVERY,
                                    "Steps between colour swaps.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for json and plots.")
 _RESULTS = flags.DEFINE_string("results_md", "RESULTS.md", "Markdown file to update.")
+_REPLOT = flags.DEFINE_bool("replot", False,
+                            "Only redraw the table and plots from the saved json.")
 
 # The agent of Luketina et al. 2022 (Table 3): separate 2x256 ReLU policy and
 # value MLPs, SGD at 0.1, an update every 16 steps, discount 0.99.
@@ -220,7 +222,10 @@ def plot(results: Dict[str, dict], out_dir: str, swap_every: int) -> List[str]:
 
   meta = {k: v for k, v in results.items() if not k.startswith("fixed")}
   if meta:
-    fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    fig = plt.figure(figsize=(9, 9))
+    axes = [fig.add_subplot(3, 1, 1)]
+    axes.append(fig.add_subplot(3, 1, 2, sharex=axes[0]))
+    aligned = fig.add_subplot(3, 1, 3)
     for name, r in meta.items():
       ec = np.asarray(r["entropy_cost"])
       x = np.arange(ec.shape[1]) * r["point_steps"]
@@ -231,6 +236,15 @@ def plot(results: Dict[str, dict], out_dir: str, swap_every: int) -> List[str]:
       axes[0].plot(x[lo:hi], ec[0, lo:hi], label=name, lw=1)
       rew = np.asarray(r["reward"])[0, lo:hi] / r["point_steps"]
       axes[1].plot(x[lo:hi], rew, label=name, lw=1)
+      # Swap-aligned: the entropy cost against steps since the last swap,
+      # minus its mean over that swap period, averaged over periods and seeds.
+      per = swap_every // r["point_steps"]
+      periods = ec.shape[1] // per
+      if periods >= 2 and per >= 2:
+        blocks = ec[:, :periods * per].reshape(ec.shape[0], periods, per)[:, 1:]
+        blocks = blocks - blocks.mean(axis=2, keepdims=True)
+        aligned.plot((np.arange(per) + 0.5) * r["point_steps"], blocks.mean(axis=(0, 1)),
+                     "o-", ms=3, label=name)
     for ax in axes:
       for s in range(0, int(x[-1]) + 1, swap_every):
         if x[lo] <= s <= x[hi - 1]:
@@ -241,6 +255,12 @@ def plot(results: Dict[str, dict], out_dir: str, swap_every: int) -> List[str]:
     axes[0].legend(fontsize=7)
     axes[1].set_ylabel("reward per step")
     axes[1].set_xlabel("environment steps")
+    aligned.axhline(0, color="k", lw=0.6)
+    aligned.set_xlabel("environment steps since the last colour swap")
+    aligned.set_ylabel("entropy cost - period mean")
+    aligned.set_title("Swap-aligned entropy cost (all swaps but the first, all seeds)")
+    aligned.grid(alpha=0.3)
+    aligned.legend(fontsize=7)
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "two_colours_entropy.png"))
     fig.savefig(paths[-1], dpi=110)
@@ -269,22 +289,32 @@ def main(argv):
     raise app.UsageError(f"unknown method {unknown[0]!r} (known: {', '.join(all_methods)})")
   os.makedirs(_OUT.value, exist_ok=True)
   json_path = os.path.join(_OUT.value, "two_colours.json")
-  results = {}
+  results, swap_every = {}, _SWAP_EVERY.value
   if os.path.exists(json_path):  # a subset re-run keeps the other methods' results
     with open(json_path) as f:
-      results = json.load(f)["results"]
-  for name in chosen:
+      saved = json.load(f)
+    if _REPLOT.value or saved["swap_every"] == swap_every:
+      results, swap_every = saved["results"], saved["swap_every"]
+    else:
+      logging.warning("%s has swap_every=%d, this run %d: starting afresh", json_path,
+                      saved["swap_every"], swap_every)
+  for name in ([] if _REPLOT.value else chosen):
     logging.info("running %s: %d seeds x %d env steps", name, _SEEDS.value, _STEPS.value)
     results[name] = run_method(name, all_methods[name], _STEPS.value, _SEEDS.value,
-                               _LOG_EVERY.value, _SWAP_EVERY.value)
+                               _LOG_EVERY.value, swap_every)
     with open(json_path, "w") as f:
-      json.dump({"results": results, "swap_every": _SWAP_EVERY.value,
+      json.dump({"results": results, "swap_every": swap_every,
                  "methods": {k: all_methods[k] for k in results},
                  "agent": {k: (list(v) if isinstance(v, tuple) else v) for k, v in AGENT.items()}},
                 f)
   results = {k: results[k] for k in all_methods if k in results}
-  paths = plot(results, _OUT.value, _SWAP_EVERY.value)
-  text = table(results) + "\n\n" + "\n".join(f"![{os.path.basename(p)}]({p})" for p in paths)
+  paths = plot(results, _OUT.value, swap_every)
+  runs = sorted({(r["seeds"], r["env_steps"]) for r in results.values()})
+  made_by = "; ".join(f"`python -m benchmarks.two_colours --seeds={n} --steps={steps}`"
+                      for n, steps in runs)
+  text = (table(results) + f"\n\nMade by {made_by} (colour swap every {swap_every:,} steps; "
+          f"`--replot` redraws from `{json_path}`).\n\n"
+          + "\n".join(f"![{os.path.basename(p)}]({p})" for p in paths))
   update_results_md(_RESULTS.value, text)
   print(table(results))
 

@@ -235,7 +235,7 @@ def make_meta_update_fn(network: networks_lib.Network, optimizer: optax.Gradient
     batch_reward = pmean(jnp.mean(batch.reward[:, 1:].astype(jnp.float32)))
     history = jnp.concatenate([batch_reward[None], meta.reward_history[:-1]])
     chunks = split_chunks(batch, options.num_chunks)
-    meta_grads, (meta_loss, aux) = _grad_and_value(objective)(
+    (meta_loss, aux), meta_grads = jax.value_and_grad(objective, has_aux=True)(
         meta.params, state.params, state.opt_state, chunks, history)
     meta_grads = pmean(meta_grads)
     updates, meta_opt_state = meta_optimizer.update(meta_grads, meta.opt_state, meta.params)
@@ -253,10 +253,3 @@ def make_meta_update_fn(network: networks_lib.Network, optimizer: optax.Gradient
 
   return update
 
-
-def _grad_and_value(objective):
-  """grad of a (loss, aux) objective returning (grads, (loss, aux))."""
-  def fn(meta_params, *args):
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(meta_params, *args)
-    return grads, (loss, aux)
-  return fn
