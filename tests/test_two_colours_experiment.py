@@ -41,4 +41,4 @@ def test_meta_methods_run_and_the_report_is_written(tmp_path):
   experiment.update_results_md(str(md), experiment.table(results))
   text = md.read_text()
   assert "prose kept" in text and "old" not in text
-  assert text.count("| BMG |") == 1 and "| MG + reward context |" in text
+  assert text.count("| BMG, L = 4 |") == 1 and "| MG + reward context |" in text
