@@ -1,11 +1,22 @@
-"""Environment factories: gymnasium vector envs for actors, single envs for specs."""
+"""Environment factories: gymnasium vector envs for actors, single envs for specs.
+
+Besides gymnasium's own ids: "podmeta/TwoColours-v0" (`two_colours`) and
+"podmeta/<Game>-v0" for every Atari game (`atari`), e.g. "podmeta/Pong-v0".
+"""
 
 from typing import NamedTuple, Tuple
 
 import gymnasium as gym
 import numpy as np
 
+from envs import atari
 from envs import two_colours
+
+
+def register() -> None:
+  """Registers podmeta's own env ids with gymnasium; idempotent."""
+  two_colours.register()
+  atari.register()
 
 
 class EnvSpec(NamedTuple):
@@ -16,7 +27,7 @@ class EnvSpec(NamedTuple):
 
 def check_env_id(env_id: str) -> None:
   """Raises ValueError naming `env_id` if gymnasium does not know it."""
-  two_colours.register()
+  register()
   try:
     gym.spec(env_id)
   except gym.error.Error as e:
@@ -24,7 +35,7 @@ def check_env_id(env_id: str) -> None:
 
 
 def env_spec(env_id: str) -> EnvSpec:
-  two_colours.register()
+  register()
   env = gym.make(env_id)
   try:
     if not isinstance(env.action_space, gym.spaces.Discrete):
@@ -42,7 +53,7 @@ def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorE
   The "next step" autoreset keeps each final observation in the stream, which
   the V-trace loss needs to bootstrap truncated episodes (see podmeta.losses).
   """
-  two_colours.register()
+  register()
   env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
                      vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
   env.reset(seed=seed)

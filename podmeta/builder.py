@@ -90,7 +90,8 @@ def make_update_and_state(config: Config, spec: envs.EnvSpec,
   key = jax.random.PRNGKey(config.seed * 7919 + _LEARNER_SEED)
   dummy_obs = np.zeros((1,) + spec.obs_shape, spec.obs_dtype)
   clip = dict(clip_rho_threshold=config.clip_rho_threshold,
-              clip_pg_rho_threshold=config.clip_pg_rho_threshold)
+              clip_pg_rho_threshold=config.clip_pg_rho_threshold,
+              max_abs_reward=config.max_abs_reward)
   if not config.meta.enabled:
     update = learning.make_update_fn(network, optimizer, loss_hyperparams(config),
                                      axis_name=axis_name, **clip)

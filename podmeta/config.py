@@ -11,7 +11,7 @@ import math
 from typing import Any, Dict, Mapping, Tuple
 
 _OPTIMIZERS = ("adam", "rmsprop", "sgd")
-_TORSOS = ("mlp", "conv")
+_TORSOS = ("mlp", "conv", "impala_deep")
 _REPLAYS = ("queue", "uniform")
 
 
@@ -28,6 +28,7 @@ class Config:
   variable_update_period: int = 10
 
   # Network.
+  # "mlp"; "conv" (IMPALA's shallow conv torso) or "impala_deep" (its ResNet), for images.
   torso: str = "mlp"
   hidden_sizes: Tuple[int, ...] = (64, 64)
   # False: separate policy and value torsos (better on small control tasks).
@@ -45,6 +46,9 @@ class Config:
   clip_pg_rho_threshold: float = 1.0
   entropy_cost: float = 0.01
   baseline_cost: float = 0.5
+  # The learner clips rewards to [-max_abs_reward, max_abs_reward] (Atari: 1);
+  # 0 leaves them as they are. Logged episode returns are never clipped.
+  max_abs_reward: float = 0.0
 
   # Optimiser.
   optimizer: str = "adam"
@@ -161,6 +165,7 @@ def _validate(c: Config) -> None:
   require(c.clip_pg_rho_threshold > 0, "clip_pg_rho_threshold", "must be positive")
   require(c.entropy_cost >= 0, "entropy_cost", "must be non-negative")
   require(c.baseline_cost >= 0, "baseline_cost", "must be non-negative")
+  require(c.max_abs_reward >= 0, "max_abs_reward", "must be non-negative (0: no clipping)")
   require(c.optimizer in _OPTIMIZERS, "optimizer", f"must be one of {_OPTIMIZERS}")
   require(c.learning_rate > 0, "learning_rate", "must be positive")
   require(c.max_grad_norm > 0, "max_grad_norm", "must be positive")

@@ -49,6 +49,7 @@ def impala_loss(
     hyper: LossHyperparams,
     clip_rho_threshold: float = 1.0,
     clip_pg_rho_threshold: float = 1.0,
+    max_abs_reward: float = 0.0,
 ) -> LossOutput:
   """V-trace actor-critic loss of one unroll.
 
@@ -63,6 +64,8 @@ def impala_loss(
     hyper: discount, lambda and loss coefficients.
     clip_rho_threshold: rho-bar of the paper (value targets).
     clip_pg_rho_threshold: clipping of rho in the policy-gradient advantage.
+    max_abs_reward: rewards are clipped to [-max_abs_reward, max_abs_reward]
+      when positive (Mnih et al. 2015; IMPALA's Atari agents), 0 leaves them.
 
   Returns:
     The total loss (policy + baseline_cost * value - entropy_cost * entropy,
@@ -79,6 +82,10 @@ def impala_loss(
   v_tm1 = values_t[:-1]
   v_t = values_t[1:]
   r_t = reward_t[1:].astype(jnp.float32)
+  # Clipped here rather than in the env so that the episode returns actors
+  # log stay the raw game score.
+  if max_abs_reward > 0:
+    r_t = jnp.clip(r_t, -max_abs_reward, max_abs_reward)
   gamma_t = hyper.discount * discount_t[1:].astype(jnp.float32) * mask
 
   log_pi_tm1 = jax.nn.log_softmax(logits_t[:-1])

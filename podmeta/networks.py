@@ -1,4 +1,4 @@
-"""Haiku actor-critic networks: a torso (MLP or conv) with policy and value heads."""
+"""Haiku actor-critic networks: a torso (MLP, shallow or deep conv) with policy and value heads."""
 
 from typing import Callable, NamedTuple, Sequence, Tuple
 
@@ -55,6 +55,53 @@ class ConvTorso(hk.Module):
     return hk.nets.MLP(self._hidden_sizes, w_init=_ORTHOGONAL_RELU, activate_final=True)(x)
 
 
+class ResidualBlock(hk.Module):
+  """relu, conv 3x3, relu, conv 3x3, plus the input.
+
+  The pre-activation residual block (He et al. 2016, arXiv 1603.05027), as in
+  the IMPALA paper's Fig. 3.
+  """
+
+  def __call__(self, x):
+    channels = x.shape[-1]
+    h = hk.Conv2D(channels, kernel_shape=3, padding="SAME")(jax.nn.relu(x))
+    h = hk.Conv2D(channels, kernel_shape=3, padding="SAME")(jax.nn.relu(h))
+    return x + h
+
+
+class DeepConvTorso(hk.Module):
+  """The deep IMPALA ResNet torso (Espeholt et al. 2018, arXiv 1802.01561, Fig. 3 right).
+
+  Three sections of 16, 32 and 32 channels, each a 3x3 conv, a 3x3 max-pool of
+  stride 2 and two residual blocks; then relu and the ReLU layers of
+  `hidden_sizes` (the paper: one of 256). The paper's LSTM is left out: the
+  agent is feed-forward on stacked frames. Images arrive as uint8
+  [N, H, W, C] and are scaled to [0, 1].
+  """
+
+  def __init__(self, hidden_sizes: Sequence[int], channels: Sequence[int] = (16, 32, 32),
+               name=None):
+    super().__init__(name=name)
+    self._hidden_sizes = tuple(hidden_sizes)
+    self._channels = tuple(channels)
+
+  def __call__(self, x):
+    x = x.astype(jnp.float32)
+    if x.ndim == 3:
+      x = x[..., None]
+    x = x / 255.0
+    for channels in self._channels:
+      x = hk.Conv2D(channels, kernel_shape=3, padding="SAME")(x)
+      x = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
+      x = ResidualBlock()(x)
+      x = ResidualBlock()(x)
+    x = hk.Flatten()(jax.nn.relu(x))
+    return hk.nets.MLP(self._hidden_sizes, w_init=_ORTHOGONAL_RELU, activate_final=True)(x)
+
+
+TORSOS = {"mlp": MLPTorso, "conv": ConvTorso, "impala_deep": DeepConvTorso}
+
+
 def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[int],
                  num_actions: int, shared_torso: bool = True) -> Network:
   """Builds the actor-critic network for `num_actions` discrete actions.
@@ -63,7 +110,7 @@ def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[in
   on small control tasks the value regression's large gradients otherwise
   swamp the policy's in the shared layers.
   """
-  torso_cls = {"mlp": MLPTorso, "conv": ConvTorso}[torso]
+  torso_cls = TORSOS[torso]
   obs_rank = len(obs_shape)
 
   def forward(obs):

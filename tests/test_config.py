@@ -23,6 +23,8 @@ def test_defaults_are_valid_and_frozen():
     ({"learning_rate": "fast"}, "learning_rate"),
     ({"num_actors": 2.5}, "num_actors"),
     ({"max_env_steps": 0}, "max_env_steps"),
+    ({"max_abs_reward": -1.0}, "max_abs_reward"),
+    ({"torso": "resnet"}, "torso"),
     ({"replay_max_size": 4, "batch_size": 8}, "replay_max_size"),
 ])
 def test_bad_values_name_the_field(values, field):

@@ -55,3 +55,25 @@ def test_learner_save_restore_round_trip():
   wrong = builder.make_learner(config.replace(hidden_sizes=(8,)), spec, devices=jax.devices()[:2])
   with pytest.raises(ValueError, match="does not match"):
     wrong.restore(saved)
+
+
+@pytest.mark.parametrize("meta", [{}, dict(method="bmg", hyperparams=dict(
+    entropy_cost=dict(init=0.01, low=0.0, high=0.05)))])
+def test_learner_trains_on_clipped_rewards(meta):
+  """max_abs_reward: the same step as on a batch with the rewards clipped beforehand."""
+  config = Config.from_mapping(dict(batch_size=4, unroll_length=5, hidden_sizes=(16,), meta=meta))
+  spec = envs.env_spec(config.env_id)
+  batch = helpers.random_batch(spec, 4, 5, seed=2)
+  batch = batch._replace(reward=5.0 * batch.reward)
+  clipped = batch._replace(reward=np.clip(batch.reward, -1.0, 1.0))
+
+  def step(c, b):
+    update, state = builder.make_update_and_state(c, spec, axis_name=None)
+    new_state, metrics = jax.jit(update)(state, b)
+    return jax.tree.leaves(new_state.params) + [metrics["loss"] if "loss" in metrics
+                                                  else metrics["meta_loss"]]
+
+  with_clipping = step(config.replace(max_abs_reward=1.0), batch)
+  for a, b in zip(with_clipping, step(config, clipped)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert any(not np.allclose(a, b) for a, b in zip(with_clipping, step(config, batch)))

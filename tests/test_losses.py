@@ -120,3 +120,27 @@ def test_truncation_bootstraps_and_termination_does_not():
   np.testing.assert_allclose(-float(terminated[2]) * T, 1.0 - 3.0, rtol=1e-6)
   # The dummy transition out of x_3 contributes nothing: V(x_3) gets no gradient.
   assert float(truncated[3]) == 0.0 and float(terminated[3]) == 0.0
+
+
+def test_max_abs_reward_clips_exactly_like_clipped_rewards():
+  rng = np.random.default_rng(7)
+  logits, values, actions, mu_logits, rewards, term, is_first = _unroll(
+      rng, episode_ends=((4, "terminated"),))
+  rewards = 3.0 * rewards  # most beyond [-1, 1]
+  hyper = losses.LossHyperparams(discount=0.95, vtrace_lambda=0.9, entropy_cost=0.03,
+                                 baseline_cost=0.7)
+
+  def loss(r, **kwargs):
+    def f(v, lg):
+      return losses.impala_loss(lg, v, jnp.asarray(actions), jnp.asarray(mu_logits),
+                                jnp.asarray(r), 1.0 - jnp.asarray(term), jnp.asarray(is_first),
+                                hyper, **kwargs).loss
+    value, grads = jax.value_and_grad(f, argnums=(0, 1))(jnp.asarray(values), jnp.asarray(logits))
+    return [np.asarray(value)] + [np.asarray(g) for g in grads]
+
+  clipped = loss(rewards, max_abs_reward=1.0)
+  for a, b in zip(clipped, loss(np.clip(rewards, -1.0, 1.0))):
+    np.testing.assert_array_equal(a, b)
+  assert not np.allclose(clipped[0], loss(rewards)[0])
+  for a, b in zip(loss(rewards, max_abs_reward=0.0), loss(rewards)):
+    np.testing.assert_array_equal(a, b)

@@ -146,6 +146,7 @@ def make_meta_objective(network: networks_lib.Network, optimizer: optax.Gradient
                         parameterisation: Parameterisation, fixed_hyper: losses.LossHyperparams,
                         outer_hyper: losses.LossHyperparams, options: MetaOptions,
                         clip_rho_threshold: float = 1.0, clip_pg_rho_threshold: float = 1.0,
+                        max_abs_reward: float = 0.0,
                         axis_name: Optional[str] = learning.AXIS) -> Callable:
   """objective(meta_params, params, opt_state, chunks, context) -> (meta_loss, MetaAux).
 
@@ -155,9 +156,11 @@ def make_meta_objective(network: networks_lib.Network, optimizer: optax.Gradient
   if options.method not in METHODS:
     raise ValueError(f"unknown meta method {options.method!r}")
   k_steps, l_steps = options.inner_steps, options.target_steps
+  loss_args = (clip_rho_threshold, clip_pg_rho_threshold, max_abs_reward)
   step = functools.partial(learning.agent_step, network, optimizer,
                            clip_rho_threshold=clip_rho_threshold,
-                           clip_pg_rho_threshold=clip_pg_rho_threshold, axis_name=axis_name)
+                           clip_pg_rho_threshold=clip_pg_rho_threshold,
+                           max_abs_reward=max_abs_reward, axis_name=axis_name)
   sg = jax.lax.stop_gradient
 
   def run_steps(params, opt_state, chunks, hyper, lr_scale):
@@ -170,7 +173,7 @@ def make_meta_objective(network: networks_lib.Network, optimizer: optax.Gradient
     if options.target_update == "agent":
       return step(params, opt_state, chunk, outer_hyper).params
     grads, _ = jax.grad(learning.batch_loss, argnums=1, has_aux=True)(
-        network, params, chunk, outer_hyper, clip_rho_threshold, clip_pg_rho_threshold)
+        network, params, chunk, outer_hyper, *loss_args)
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)
     return jax.tree.map(lambda p, g: p - options.target_learning_rate * g, params, grads)
@@ -185,8 +188,7 @@ def make_meta_objective(network: networks_lib.Network, optimizer: optax.Gradient
     next_params, next_opt, target = x_k, opt_k, None
     if options.method == "mg":
       outer = last_inner if options.target_data == "last_inner" else _take(chunks, k_steps)
-      meta_loss, _ = learning.batch_loss(network, x_k, outer, outer_hyper,
-                                         clip_rho_threshold, clip_pg_rho_threshold)
+      meta_loss, _ = learning.batch_loss(network, x_k, outer, outer_hyper, *loss_args)
     else:
       if options.target_data == "last_inner":
         target_chunks = jax.tree.map(
@@ -219,12 +221,12 @@ def make_meta_update_fn(network: networks_lib.Network, optimizer: optax.Gradient
                         meta_optimizer: optax.GradientTransformation,
                         fixed_hyper: losses.LossHyperparams, outer_hyper: losses.LossHyperparams,
                         options: MetaOptions, clip_rho_threshold: float = 1.0,
-                        clip_pg_rho_threshold: float = 1.0,
+                        clip_pg_rho_threshold: float = 1.0, max_abs_reward: float = 0.0,
                         axis_name: Optional[str] = learning.AXIS):
   """The pure learner step with meta-learned hyperparameters (state.meta: MetaState)."""
   objective = make_meta_objective(network, optimizer, parameterisation, fixed_hyper,
                                   outer_hyper, options, clip_rho_threshold,
-                                  clip_pg_rho_threshold, axis_name)
+                                  clip_pg_rho_threshold, max_abs_reward, axis_name)
 
   def pmean(x):
     return x if axis_name is None else jax.lax.pmean(x, axis_name)
