@@ -15,7 +15,7 @@ step); `unrolls_per_item` divides the batch size, so batches are whole items.
 import math
 import queue
 import threading
-from typing import Dict, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from absl import logging
 import jax
@@ -167,27 +167,56 @@ class UnrollWriter:
       logging.info("unroll writer closed with the server gone")
 
 
-def make_dataset(server_address: str, batch_size: int, group: int,
-                 timeout_ms: int) -> tf.data.Dataset:
-  """Batches of `batch_size` unrolls, [B, T+1, ...] per field.
-
-  The dataset ends if no item arrives within `timeout_ms`.
-  """
-  items = batch_size // group
+def make_dataset(server_address: str, group: int, timeout_ms: int,
+                 max_in_flight: int = 2) -> tf.data.Dataset:
+  """Single items, [T+1, group, ...] per field; ends if none arrives within `timeout_ms`."""
   dataset = reverb.TrajectoryDataset.from_table_signature(
       server_address=server_address, table=TABLE,
-      max_in_flight_samples_per_worker=2 * items,
-      rate_limiter_timeout_ms=timeout_ms)
+      max_in_flight_samples_per_worker=max_in_flight, rate_limiter_timeout_ms=timeout_ms)
+  return dataset.map(lambda sample: sample.data)
 
-  def to_unrolls(data):
-    # [items, T+1, group, ...] -> [items * group, T+1, ...]
-    def one(x):
-      x = tf.transpose(x, [0, 2, 1] + list(range(3, x.shape.rank)))
-      return tf.reshape(x, [batch_size] + x.shape.as_list()[2:])
-    return tf.nest.map_structure(one, data)
 
-  return (dataset.map(lambda sample: sample.data)
-          .batch(items, drop_remainder=True).map(to_unrolls))
+def items_to_batch(items: Sequence[dict]) -> Trajectory:
+  """Items of `group` unrolls each -> one batch [len(items) * group, T+1, ...]."""
+  def unrolls(*xs):
+    x = np.stack(xs)  # [items, T+1, group, ...]
+    x = np.swapaxes(x, 1, 2)
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+  return Trajectory(**{k: unrolls(*(item[k] for item in items)) for k in items[0]})
+
+
+class BatchReader:
+  """Batches of `batch_size` unrolls from the replay table, as host numpy arrays.
+
+  `next(stop)` returns a batch, or None when no item arrived within `poll_ms`
+  (so a caller can check its stop conditions while actors are slow). Items
+  already read stay here for the next call: restarting Reverb's dataset after
+  a timeout must not drop a part-built batch, which a queue table would never
+  hand out again.
+  """
+
+  def __init__(self, server_address: str, batch_size: int, group: int, poll_ms: int = 500):
+    self._address = server_address
+    self._items_per_batch = batch_size // group
+    self._group = group
+    self._poll_ms = poll_ms
+    self._pending: List[dict] = []
+    self._iterator = None
+
+  def next(self) -> Optional[Trajectory]:
+    while len(self._pending) < self._items_per_batch:
+      if self._iterator is None:
+        self._iterator = make_dataset(self._address, self._group, self._poll_ms,
+                                      max_in_flight=2 * self._items_per_batch
+                                      ).as_numpy_iterator()
+      try:
+        self._pending.append(next(self._iterator))
+      except StopIteration:  # the poll timed out
+        self._iterator = None
+        return None
+    batch = items_to_batch(self._pending[:self._items_per_batch])
+    del self._pending[:self._items_per_batch]
+    return batch
 
 
 def split_for_devices(batch: Trajectory, num_devices: int) -> Trajectory:
@@ -217,22 +246,20 @@ class Prefetcher:
     self._thread.start()
 
   def _run(self):
+    reader = BatchReader(self._address, self._batch_size, self._group, self._poll_ms)
     try:
       while not self._stop.is_set():
-        dataset = make_dataset(self._address, self._batch_size, self._group, self._poll_ms)
-        for batch in dataset.as_numpy_iterator():
-          traj = Trajectory(**batch)
-          version = int(traj.policy_version[:, :-1].min())
-          sharded = jax.device_put_sharded(
-              per_device(traj, len(self._devices)), self._devices)
-          while not self._stop.is_set():
-            try:
-              self._queue.put((sharded, version), timeout=0.2)
-              break
-            except queue.Full:
-              pass
-          if self._stop.is_set():
-            return
+        traj = reader.next()
+        if traj is None:
+          continue
+        version = int(traj.policy_version[:, :-1].min())
+        sharded = jax.device_put_sharded(per_device(traj, len(self._devices)), self._devices)
+        while not self._stop.is_set():
+          try:
+            self._queue.put((sharded, version), timeout=0.2)
+            break
+          except queue.Full:
+            pass
     except Exception as e:  # pylint: disable=broad-except
       if not self._stop.is_set():
         self._error = e

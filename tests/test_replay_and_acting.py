@@ -29,13 +29,52 @@ def server_factory():
 
 
 def _read(address, n_unrolls, batch_size, group):
-  dataset = replay_lib.make_dataset(address, batch_size, group, timeout_ms=2000)
+  reader = replay_lib.BatchReader(address, batch_size, group, poll_ms=2000)
   out = []
-  for batch in dataset.as_numpy_iterator():
-    out.append(replay_lib.Trajectory(**batch))
-    if len(out) * batch_size >= n_unrolls:
-      break
+  while len(out) * batch_size < n_unrolls:
+    batch = reader.next()
+    assert batch is not None, "replay ran dry"
+    out.append(batch)
   return replay_lib.Trajectory(*[np.concatenate(x) for x in zip(*out)])
+
+
+def _steps(rng, num_envs, n, first_version=0):
+  return [replay_lib.Trajectory(
+      observation=rng.normal(size=(num_envs, 3)).astype(np.float32),
+      action=rng.integers(0, 5, num_envs).astype(np.int32),
+      reward=rng.normal(size=num_envs).astype(np.float32),
+      discount=np.ones(num_envs, np.float32), is_first=np.zeros(num_envs, bool),
+      behaviour_logits=rng.normal(size=(num_envs, 5)).astype(np.float32),
+      policy_version=np.full(num_envs, first_version + t, np.int32)) for t in range(n)]
+
+
+def test_a_batch_of_several_items_survives_slow_actors(server_factory):
+  # Items of 2 unrolls, batches of 2 items. The second item arrives after the
+  # reader's poll has timed out: the first must still be in the batch (a queue
+  # table never hands it out again).
+  config = Config(unroll_length=4, envs_per_actor=2, batch_size=4, replay_max_size=64)
+  spec = envs.EnvSpec((3,), np.dtype(np.float32), 5)
+  server, client = server_factory(config, spec)
+  reader = replay_lib.BatchReader(f"localhost:{server.port}", 4, 2, poll_ms=300)
+  rng = np.random.default_rng(1)
+  written = []
+  for first_version in (0, 100):
+    writer = replay_lib.UnrollWriter(client, builder.make_spec(config, spec), 2)
+    steps = _steps(rng, 2, 5, first_version)
+    for step in steps:
+      writer.append(step)
+    writer.flush()
+    writer.close()
+    written.append(steps)
+    if first_version == 0:
+      assert reader.next() is None  # half a batch: the poll times out
+  batch = reader.next()
+  assert batch is not None and batch.observation.shape == (4, 5, 3)
+  for item, steps in enumerate(written):
+    for e in range(2):
+      expected = np.stack([s.observation[e] for s in steps])
+      np.testing.assert_array_equal(batch.observation[2 * item + e], expected)
+  assert client.server_info()[replay_lib.TABLE].current_size == 0
 
 
 def test_schema_round_trips_with_one_step_overlap(server_factory):
@@ -62,7 +101,7 @@ def test_schema_round_trips_with_one_step_overlap(server_factory):
   writer.flush()
   assert client.server_info()[replay_lib.TABLE].current_size == 2 * num_envs // 2
 
-  items = _read(f"localhost:{server.port}", 2 * num_envs, batch_size=2, group=2)
+  items = _read(f"localhost:{server.port}", 2 * num_envs, batch_size=4, group=2)
   assert items.observation.shape == (2 * num_envs, 5, 3)
   assert items.behaviour_logits.shape == (2 * num_envs, 5, 5)
   # FIFO: unroll 0 of envs 0..3, then unroll 1; unroll k covers steps 4k..4k+4.

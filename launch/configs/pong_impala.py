@@ -27,9 +27,7 @@ def atari_config(game: str, **overrides) -> Config:
   values = dict(
       env_id=atari.env_id(game),
       num_actors=2,
-      # One Reverb item per batch. With batches of several items, slow actors
-      # (> 0.5 s between items) make the replay reader drop part-built
-      # batches (podmeta.replay.make_dataset's timeout ends the dataset).
+      # One Reverb item (32 unrolls) per batch: fewer, larger Reverb calls.
       envs_per_actor=32,
       torso="impala_deep",
       hidden_sizes=(256,),
