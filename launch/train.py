@@ -25,6 +25,14 @@ _CONFIG = None  # defined in __main__: with a default file, defining it applies 
 _NUM_ACTORS = flags.DEFINE_integer("num_actors", None, "Number of actors (overrides the config).")
 _RUN_DIR = flags.DEFINE_string("run_dir", None,
                                "Run directory (default: runs/<config>-<time>). Reused to resume.")
+_POD_COORDINATOR = flags.DEFINE_string(
+    "pod_coordinator", None, "host:port of process 0, for a learner spread over several hosts.")
+_POD_NUM_PROCESSES = flags.DEFINE_integer("pod_num_processes", 1,
+                                          "Number of hosts (processes) in the pod.")
+_POD_PROCESS_ID = flags.DEFINE_integer("pod_process_id", 0, "This host's index in the pod.")
+_POD_TPU = flags.DEFINE_bool("pod_tpu", False,
+                             "Join the TPU pod this VM belongs to (the TPU runtime provides "
+                             "the coordinator, process count and index).")
 
 
 def _fail(message: str) -> None:
@@ -55,6 +63,19 @@ def _config_error(e: Exception) -> None:
   _fail(f"cannot load the config: {lines[-1] if lines else type(e).__name__}")
 
 
+def _pod_spec():
+  from podmeta.pod import PodSpec
+  n, i = _POD_NUM_PROCESSES.value, _POD_PROCESS_ID.value
+  if n < 1:
+    raise ValueError(f"--pod_num_processes must be at least 1 (got {n})")
+  if not 0 <= i < n:
+    raise ValueError(f"--pod_process_id must be in [0, {n}) (got {i})")
+  if n > 1 and not _POD_TPU.value and not _POD_COORDINATOR.value:
+    raise ValueError("--pod_num_processes > 1 needs --pod_coordinator=host:port of process 0")
+  return PodSpec(coordinator_address=_POD_COORDINATOR.value, num_processes=n, process_id=i,
+                 tpu=_POD_TPU.value)
+
+
 def _config_values() -> dict:
   # config_flags loads the file and applies overrides lazily, on first access.
   try:
@@ -72,34 +93,49 @@ def main(argv):
 
   quiet_third_party_logs()
 
+  import jax
+  from podmeta import pod as pod_lib
+
   try:
     values = _config_values()
     if _NUM_ACTORS.value is not None:
       values["num_actors"] = _NUM_ACTORS.value
     config = Config.from_mapping(values)
+    pod = _pod_spec()
+    launch_type = FLAGS.lp_launch_type or "local_mt"
+    if launch_type not in ("local_mt", "local_mp"):
+      raise ValueError(f"--lp_launch_type={launch_type} is not supported (use local_mt or local_mp)")
+    if pod.enabled and launch_type != "local_mt":
+      raise ValueError("a pod runs each host's nodes with --lp_launch_type=local_mt")
+    if pod.enabled and not _RUN_DIR.value:
+      raise ValueError("a pod needs --run_dir, the same (shared) directory on every host")
     run_dir = _RUN_DIR.value or os.path.join(
         "runs", f"{os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS['config']) or _DEFAULT_CONFIG))[0]}"
                 f"-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = os.path.abspath(run_dir)
+    if pod.enabled:
+      # Before anything touches a JAX backend.
+      pod_lib.initialize(pod)
     builder.preflight(config, run_dir)
   except ValueError as e:
     _fail(str(e))
+  except RuntimeError as e:  # jax.distributed could not join the pod
+    _fail(f"cannot join the pod: {str(e).strip().splitlines()[0]}")
 
-  launch_type = FLAGS.lp_launch_type or "local_mt"
-  if launch_type not in ("local_mt", "local_mp"):
-    _fail(f"--lp_launch_type={launch_type} is not supported (use local_mt or local_mp)")
-  builder.write_config(config, run_dir)
-  logging.info("run directory: %s", run_dir)
-  program = builder.make_program(config, run_dir)
+  process_id = jax.process_index() if pod.enabled else 0
+  host_dir = builder.host_run_dir(run_dir, process_id)
+  builder.write_config(config, host_dir)
+  logging.info("run directory: %s", host_dir)
+  program = builder.make_program(config, run_dir, pod=pod.enabled)
   kwargs = {"terminal": "current_terminal"} if launch_type == "local_mp" else {}
   manager = lp.launch(program, launch_type=launch_type, **kwargs)
   manager.wait()
-  summary_path = os.path.join(run_dir, "summary.json")
+  summary_path = os.path.join(host_dir, "summary.json")
   if os.path.exists(summary_path):
     with open(summary_path) as f:
       summary = json.load(f)
     print(json.dumps(summary, indent=2))
-  print(f"podmeta: run finished; results in {run_dir}")
+  print(f"podmeta: run finished; results in {host_dir}")
 
 
 FLAGS = flags.FLAGS

@@ -40,6 +40,11 @@ def make_policy(network: networks_lib.Network, greedy: bool = False):
   return jax.jit(policy, backend="cpu")
 
 
+
+def _cpu():
+  """This process's CPU device (on a pod, global CPU device 0 belongs to host 0)."""
+  return jax.local_devices(backend="cpu")[0]
+
 class VariableClient:
   """Fetches (version, params) from a VariableSource without blocking the caller.
 
@@ -53,7 +58,7 @@ class VariableClient:
     self._calls = 0
     self._future = None
     self.version, params = self._fetch_blocking()
-    self.params = jax.device_put(params, jax.devices("cpu")[0])
+    self.params = jax.device_put(params, _cpu())
 
   def _fetch_blocking(self) -> Tuple[int, Any]:
     # The learner may still be starting (its server comes up after its state
@@ -72,7 +77,7 @@ class VariableClient:
     if self._future is not None and self._future.done():
       try:
         version, params = self._future.result()
-        self.version, self.params = version, jax.device_put(params, jax.devices("cpu")[0])
+        self.version, self.params = version, jax.device_put(params, _cpu())
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("parameter refresh failed: %s", e)
       self._future = None
@@ -82,7 +87,7 @@ class VariableClient:
         self._future = futures.get_variables()
       else:
         self.version, params = self._fetch_blocking()
-        self.params = jax.device_put(params, jax.devices("cpu")[0])
+        self.params = jax.device_put(params, _cpu())
 
 
 class EpisodeTracker:
@@ -116,7 +121,7 @@ class Actor(core.Worker):
     self._policy = make_policy(network)
     self._variables = VariableClient(variable_source, variable_update_period)
     self._writer = writer
-    self._key = jax.device_put(key, jax.devices("cpu")[0])
+    self._key = jax.device_put(key, _cpu())
     self._report = report
     self._logger = logger
     self._report_every = report_every_seconds

@@ -125,28 +125,40 @@ def make_tables(config: Config, spec: envs.EnvSpec):
 
 # -- node constructors (run inside the node's thread or process) --------------
 
-def build_learner_node(config: Config, run_dir: str, replay_client, stop_program=None):
+def host_run_dir(run_dir: str, process_id: int) -> str:
+  """Process 0 of a pod (or a single host) writes to run_dir, the others under hosts/."""
+  return run_dir if process_id == 0 else os.path.join(run_dir, "hosts", str(process_id))
+
+
+def build_learner_node(config: Config, run_dir: str, replay_client, stop_program=None,
+                       pod: bool = False):
+  """The learner node; with `pod`, one of the lockstepped learners of a pod (podmeta.pod)."""
   quiet_third_party_logs()
   from podmeta.learner_node import Budget, LearnerNode, PROGRESS_KEYS
+  from podmeta.pod import HostSync
   spec = envs.env_spec(config.env_id)
   learner = make_learner(config, spec)
   address = replay_client.server_address
+  process_id = jax.process_index() if pod else 0
+  host_dir = host_run_dir(run_dir, process_id)
   return LearnerNode(
       learner=learner,
       make_prefetcher=lambda: replay_lib.Prefetcher(address, config.batch_size,
                                                     unrolls_per_item(config), learner.devices,
                                                     config.prefetch_size),
-      checkpointer=make_checkpointer(config, run_dir),
-      run_dir=run_dir,
+      # Checkpoints are written (and restored) by process 0 only.
+      checkpointer=make_checkpointer(config, run_dir) if process_id == 0 else None,
+      run_dir=host_dir,
       budget=Budget(config.max_env_steps, config.max_learner_steps, config.max_seconds),
       env_steps_per_batch=config.batch_size * config.unroll_length,
-      logger=loggers.make_logger(run_dir, "learner", "env_steps",
+      logger=loggers.make_logger(host_dir, "learner", "env_steps",
                                  terminal_every=0.0, terminal_keys=PROGRESS_KEYS),
       log_every_seconds=config.log_every_seconds,
       checkpoint_every_seconds=config.checkpoint_every_seconds,
       stop_program=stop_program,
       replay_stats=lambda: replay_lib.table_stats(replay_client, unrolls_per_item(config)),
-      expect_eval=config.eval_episodes > 0)
+      expect_eval=config.eval_episodes > 0 and process_id == 0,
+      host_sync=HostSync() if pod else None)
 
 
 def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_client, learner):
@@ -182,23 +194,33 @@ def _lp_stop():
   lp.stop()
 
 
-def make_program(config: Config, run_dir: str):
-  """The Launchpad program: replay, learner, `num_actors` actors, evaluator."""
+def make_program(config: Config, run_dir: str, pod: bool = False):
+  """The Launchpad program: replay, learner, `num_actors` actors, evaluator.
+
+  With `pod` (after `podmeta.pod.initialize`), this host's part of a pod:
+  its learner is pmapped over the whole pod, its actors feed its own replay
+  and learner, and only process 0 runs the evaluator and writes checkpoints.
+  """
   import launchpad as lp
   spec = envs.env_spec(config.env_id)
+  process_id = jax.process_index() if pod else 0
+  host_dir = host_run_dir(run_dir, process_id)
   program = lp.Program("podmeta")
   with program.group("replay"):
     replay = program.add_node(lp.ReverbNode(functools.partial(make_tables, config, spec)))
   with program.group("learner"):
     learner = program.add_node(
-        lp.CourierNode(build_learner_node, config, run_dir, replay, stop_program=_lp_stop))
+        lp.CourierNode(build_learner_node, config, run_dir, replay, stop_program=_lp_stop,
+                       pod=pod))
     # Bounded calls: a call left waiting on a learner that has shut down would
     # otherwise block its client's destructor, and so the process exit.
     learner.set_client_kwargs(call_timeout=datetime.timedelta(seconds=_CALL_TIMEOUT_SECONDS))
   with program.group("actor"):
     for i in range(config.num_actors):
-      program.add_node(lp.CourierNode(build_actor, config, i, run_dir, replay, learner))
-  if config.eval_episodes > 0:
+      # Actor ids are unique across the pod: they seed the actors' envs.
+      program.add_node(lp.CourierNode(build_actor, config, process_id * config.num_actors + i,
+                                      host_dir, replay, learner))
+  if config.eval_episodes > 0 and process_id == 0:
     with program.group("evaluator"):
       program.add_node(lp.CourierNode(build_evaluator, config, run_dir, learner))
   return program

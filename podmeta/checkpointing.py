@@ -23,10 +23,16 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 3):
     self._directory = os.path.abspath(directory)
+    # Only this process uses the manager, even on a pod (where process 0
+    # alone writes): orbax would otherwise wait at barriers for the others.
+    me = jax.process_index()
+    os.makedirs(self._directory, exist_ok=True)
     self._manager = ocp.CheckpointManager(
         self._directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=False),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=False, enable_async_checkpointing=False,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=me, active_processes={me})),
         item_names=("state", "counters"))
 
   @property

@@ -8,6 +8,7 @@ returns; it checks the budgets, writes checkpoints, metrics and
 
 import collections
 import dataclasses
+import hashlib
 import json
 import os
 import threading
@@ -55,7 +56,10 @@ class LearnerNode(core.Worker, core.VariableSource):
                stop_program: Optional[Callable[[], None]] = None,
                replay_stats: Optional[Callable[[], dict]] = None,
                expect_eval: bool = False,
-               stop_event: Optional[threading.Event] = None):
+               stop_event: Optional[threading.Event] = None,
+               host_sync: Optional[Callable] = None):
+    """`checkpointer` is None on the hosts of a pod other than process 0;
+    `host_sync` (a podmeta.pod.HostSync) is given on every host of a pod."""
     self._learner = learner
     self._make_prefetcher = make_prefetcher
     self._checkpointer = checkpointer
@@ -71,6 +75,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._last_replay_info = {}
     self._last_hyperparameters = {}  # meta-learned values at the last log
     self._stop_event = stop_event
+    self._host_sync = host_sync
     self._lock = threading.Lock()
     # Counters that survive a resume.
     self._env_steps = 0
@@ -80,6 +85,10 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._wall_seconds_before = 0.0
     self._start = time.monotonic()
     self._restore()
+    if host_sync is not None:
+      self._learner.sync_from_first_device()  # only process 0 restored a checkpoint
+    # Env steps of every host of a pod (from the last HostSync), else this host's.
+    self._pod_env_steps = self._env_steps
     self._env_steps_at_start = self._env_steps
     self._learner_steps_at_start = self._learner.step_count
 
@@ -112,19 +121,26 @@ class LearnerNode(core.Worker, core.VariableSource):
     # Metrics are summed on device between log rows (no host sync per step)
     # and logged as means over the interval.
     metrics, metric_steps, lags = None, 0, []
-    exit_reason = None
+    exit_reason, item = None, None
     try:
       while True:
-        if stop.is_set():
-          exit_reason = "stopped"
-          break
-        exit_reason = self._budget.reached(self._env_steps, self._learner.step_count,
-                                           time.monotonic() - start)
+        # On a pod every host takes the same decisions at the same iteration
+        # (see podmeta.pod): a host that stepped alone would wait forever in
+        # the update's collectives.
+        exit_reason = "stopped" if stop.is_set() else self._budget.reached(
+            self._total_env_steps(), self._learner.step_count, time.monotonic() - start)
+        if item is None and exit_reason is None:
+          item = prefetcher.get(timeout=0.25)
+        ready = item is not None
+        if self._host_sync is not None:
+          any_stop, ready, self._pod_env_steps = self._host_sync(
+              exit_reason is not None, ready, self._env_steps)
+          if any_stop and exit_reason is None:
+            exit_reason = "stopped_by_another_host"
         if exit_reason:
           break
-        item = prefetcher.get(timeout=0.25)
-        if item is not None:
-          batch, version = item
+        if ready:
+          (batch, version), item = item, None
           lags.append(self._learner.step_count - version)
           step_metrics = self._learner.step(batch)
           metrics = step_metrics if metrics is None else jax.tree.map(
@@ -175,18 +191,27 @@ class LearnerNode(core.Worker, core.VariableSource):
            and time.monotonic() < deadline):
       time.sleep(0.1)
 
+  def _total_env_steps(self) -> int:
+    return self._pod_env_steps if self._host_sync is not None else self._env_steps
+
   def _counters(self, wall_seconds: float) -> dict:
     with self._lock:
-      return {"env_steps": self._env_steps, "learner_steps": self._learner.step_count,
+      # On a pod, process 0 checkpoints the pod's total; resumed, it counts on
+      # from there and the other hosts from 0, so the sum stays the total.
+      return {"env_steps": self._total_env_steps(), "learner_steps": self._learner.step_count,
               "episodes": self._episodes, "recent_returns": list(self._recent_returns),
               "eval_return": None if np.isnan(self._eval_return) else self._eval_return,
               "wall_seconds_total": self._wall_seconds_before + wall_seconds}
 
   def _save(self, wall_seconds: float) -> None:
+    if self._checkpointer is None:
+      return
     self._checkpointer.save(self._learner.step_count, self._learner.save(),
                             self._counters(wall_seconds))
 
   def _restore(self) -> None:
+    if self._checkpointer is None:
+      return
     restored = self._checkpointer.restore_latest(self._learner.template)
     if restored is None:
       return
@@ -237,6 +262,13 @@ class LearnerNode(core.Worker, core.VariableSource):
       logging.info("replay stats unavailable (%s); using the last ones", str(e).splitlines()[0])
     return self._last_replay_info
 
+  def _params_digest(self) -> str:
+    """A digest of the parameters: equal on every host of a pod."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(self._learner.get_variables()[1]):
+      h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
+
   def _write_summary(self, exit_reason: str, wall: float) -> None:
     c = self._counters(wall)
     steps = c["env_steps"] - self._env_steps_at_start
@@ -254,9 +286,15 @@ class LearnerNode(core.Worker, core.VariableSource):
         "resumed_from_env_steps": self._env_steps_at_start,
         "resumed_from_learner_steps": self._learner_steps_at_start,
         **self._replay_info(),
-        "checkpoint_dir": self._checkpointer.directory,
-        "latest_checkpoint_step": self._checkpointer.latest_step(),
+        "checkpoint_dir": self._checkpointer.directory if self._checkpointer else None,
+        "latest_checkpoint_step": self._checkpointer.latest_step() if self._checkpointer
+                                  else None,
+        "params_sha256": self._params_digest(),
     }
+    if self._host_sync is not None:
+      summary["pod"] = {"process_id": self._host_sync.process_id,
+                        "num_processes": self._host_sync.num_processes,
+                        "env_steps": self._pod_env_steps}
     path = os.path.join(self._run_dir, "summary.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

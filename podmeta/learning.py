@@ -143,9 +143,15 @@ class Learner(core.VariableSource, core.Saveable):
 
   def __init__(self, update: Callable[[LearnerState, Trajectory], Tuple[LearnerState, Dict]],
                initial_state: LearnerState, devices: Optional[Sequence] = None):
-    """`update` is a pure step written for pmap over the axis `AXIS`."""
+    """`update` is a pure step written for pmap over the axis `AXIS`.
+
+    `devices=None` pmaps over every device of every process: on a pod
+    (`podmeta.pod`) each host passes batches for its own devices and the
+    pmean spans all of them.
+    """
     self._devices = list(devices or jax.local_devices())
-    self._update = jax.pmap(update, axis_name=AXIS, devices=self._devices)
+    self._update = jax.pmap(update, axis_name=AXIS, devices=devices)
+    self._from_first = jax.pmap(_from_first_device, axis_name=AXIS, devices=devices)
     self._template = initial_state
     self._state = replicate(self._template, self._devices)
     # A host-side copy of state.step: reading the device's would wait for the
@@ -182,6 +188,17 @@ class Learner(core.VariableSource, core.Saveable):
   def save(self) -> LearnerState:
     return unreplicate(self._state)
 
+  def sync_from_first_device(self) -> None:
+    """Every device (of every host) takes the state of global device 0.
+
+    On a pod only process 0 restores checkpoints; this hands its state to the
+    others. Every host must call it at the same point.
+    """
+    self._state = self._from_first(self._state)
+    self._steps = int(np.asarray(self._state.step[0]))
+    with self._lock:
+      self._cached = (-1, None)
+
   def restore(self, state: LearnerState) -> None:
     _check_same_structure(self._template, state)
     self._state = replicate(state, self._devices)
@@ -190,6 +207,12 @@ class Learner(core.VariableSource, core.Saveable):
   @property
   def template(self) -> LearnerState:
     return self._template
+
+
+def _from_first_device(tree):
+  first = jax.lax.axis_index(AXIS) == 0
+  return jax.tree.map(
+      lambda x: jax.lax.psum(jnp.where(first, x, jnp.zeros_like(x)), AXIS), tree)
 
 
 def _check_same_structure(expected, got) -> None:
