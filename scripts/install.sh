@@ -7,8 +7,17 @@ cd "$(dirname "$0")/.."
 
 VENV="${VENV:-.venv}"
 PY_VERSION="$(cat .python-version)"
+# The accelerator JAX runs on: cpu (the lock as is), tpu or cuda12 (adds the
+# matching jax extra on top of the lock; needs the network). The Dockerfile's
+# JAX_EXTRA build argument sets it.
+JAX_EXTRA="${PODMETA_JAX_EXTRA:-cpu}"
 STAMP="$VENV/.podmeta-install"
-want="$(cat .python-version requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+want="$( (cat .python-version requirements.lock pyproject.toml; echo "$JAX_EXTRA") | sha256sum | cut -d' ' -f1)"
+
+case "$JAX_EXTRA" in
+  cpu|tpu|cuda12) ;;
+  *) echo "install: PODMETA_JAX_EXTRA must be cpu, tpu or cuda12 (got $JAX_EXTRA)" >&2; exit 2 ;;
+esac
 
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
@@ -40,6 +49,12 @@ rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 # The lock is the full closure, so --no-deps: no resolver run, same versions everywhere.
 "$VENV/bin/python" -m pip install --quiet --no-deps -r requirements.lock
+JAX_VERSION="$(sed -n 's/^jax==//p' requirements.lock)"
+case "$JAX_EXTRA" in
+  tpu) "$VENV/bin/python" -m pip install --quiet "jax[tpu]==$JAX_VERSION" \
+         -f https://storage.googleapis.com/jax-releases/libtpu_releases.html ;;
+  cuda12) "$VENV/bin/python" -m pip install --quiet "jax[cuda12]==$JAX_VERSION" ;;
+esac
 # compat mode puts the repo root on sys.path (a .pth file), so packages added
 # later are importable without reinstalling.
 "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation \

@@ -44,6 +44,12 @@ def _run_and_check(cmd, must_mention, env_overrides=None):
     (["--config=launch/configs/cartpole_bmg.py", "--config.meta.hyperparams.entropy_costs.init=0.1"],
      "'entropy_costs'"),
     (["--config=launch/configs/cartpole_bmg.py", "--config.meta.inner_steps=3"], "batch_size"),
+    # Pods.
+    (["--pod_num_processes=2"], "--pod_coordinator"),
+    (["--pod_num_processes=2", "--pod_process_id=2", "--pod_coordinator=localhost:1"],
+     "--pod_process_id"),
+    (["--pod_num_processes=2", "--pod_coordinator=localhost:1", "--lp_launch_type=local_mp"],
+     "local_mt"),
 ])
 def test_bad_flags_and_config(tmp_path, args, must_mention):
   run_dir = tmp_path / "run"
