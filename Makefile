@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= launch/configs/cartpole_impala.py
 ARGS ?=
 
-.PHONY: setup train test bench results lock clean
+.PHONY: setup train test bench bench-actors results lock clean
 
 setup:
 	@bash scripts/install.sh
@@ -18,6 +18,10 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.throughput $(ARGS)
+
+# End-to-end env steps/s for 1..64 actors in local_mp; a table and plot in BENCHMARKS.md.
+bench-actors: setup
+	$(PY) -m benchmarks.actor_scaling $(ARGS)
 
 # The BMG paper's grid-world comparison; rewrites RESULTS.md (about an hour on 2 cores).
 results: setup

@@ -127,14 +127,15 @@ def learner_rate(config, seconds=5.0):
   return steps * config.batch_size * config.unroll_length / elapsed, learner.num_devices
 
 
-def end_to_end_rate(num_actors, mode, seconds, warmup):
+def end_to_end_rate(num_actors, mode, seconds, warmup, extra_args=()):
+  """Env steps/s of a real launch, from the learner's log after `warmup` seconds."""
   from podmeta import loggers
   with tempfile.TemporaryDirectory() as tmp:
     run_dir = os.path.join(tmp, "run")
     cmd = [sys.executable, "-m", "launch.train", f"--config={_CONFIG.value}",
            f"--run_dir={run_dir}", f"--num_actors={num_actors}", f"--lp_launch_type={mode}",
            "--config.max_env_steps=0", f"--config.max_seconds={seconds}",
-           "--config.log_every_seconds=2"]
+           "--config.log_every_seconds=2", *extra_args]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=seconds + 240)
     if proc.returncode != 0:

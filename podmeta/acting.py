@@ -7,7 +7,7 @@ ones until the answer arrives.
 
 import threading
 import time
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -129,9 +129,10 @@ class Actor(core.Worker):
     self._num_envs = env.num_envs
     self._episodes = EpisodeTracker(self._num_envs)
 
-  def run(self, max_steps: Optional[int] = None) -> int:
+  def run(self, max_steps: Optional[int] = None,
+          stop_event: Optional[threading.Event] = None) -> int:
     """Acts until stopped (or for `max_steps` vector steps). Returns env steps taken."""
-    stop = core.resolve_stop_event(self._stop_event)
+    stop = core.resolve_stop_event(stop_event or self._stop_event)
     n = self._num_envs
     obs, _ = self._env.reset()
     reward = np.zeros(n, np.float32)
@@ -202,3 +203,39 @@ class Actor(core.Worker):
         self._report(stats["env_steps"], stats["returns"], stats["lengths"])
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("could not report actor stats: %s", e)
+
+
+class ActorGroup(core.Worker):
+  """Several actors in one process, each on its own thread.
+
+  A large actor count then does not mean as many Python interpreters (each
+  holding its own JAX runtime and imports). The threads share one GIL, but an
+  actor spends much of its time outside it (XLA's policy call, Reverb writes,
+  waiting for the queue), so a few per process still add throughput.
+  """
+
+  def __init__(self, actors: Sequence[Actor]):
+    self._actors = list(actors)
+
+  def run(self) -> None:
+    # Launchpad's stop event is only found from the node's own thread.
+    stop = core.resolve_stop_event(None)
+    errors = []
+
+    def run_one(actor):
+      try:
+        actor.run(stop_event=stop)
+      except BaseException as e:  # pylint: disable=broad-except
+        errors.append(e)
+        logging.exception("actor thread failed")
+
+    threads = [threading.Thread(target=run_one, args=(a,), name=f"actor-{i}", daemon=True)
+               for i, a in enumerate(self._actors)]
+    for t in threads:
+      t.start()
+    # A failed actor fails the node at once (as a lone actor would), rather
+    # than after its siblings stop.
+    while any(t.is_alive() for t in threads) and not errors:
+      threads[0].join(timeout=0.5) if threads[0].is_alive() else time.sleep(0.5)
+    if errors:
+      raise errors[0]

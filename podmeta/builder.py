@@ -176,6 +176,14 @@ def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_cl
       logger=loggers.make_logger(run_dir, f"actor_{actor_id}", "actor_env_steps"))
 
 
+def build_actor_group(config: Config, actor_ids, run_dir: Optional[str], replay_client,
+                      learner):
+  """Several actors on threads of one node (config.actors_per_node)."""
+  from podmeta.acting import ActorGroup
+  return ActorGroup([build_actor(config, i, run_dir, replay_client, learner)
+                     for i in actor_ids])
+
+
 def build_evaluator(config: Config, run_dir: Optional[str], learner):
   quiet_third_party_logs()
   from podmeta.evaluation import Evaluator
@@ -216,10 +224,15 @@ def make_program(config: Config, run_dir: str, pod: bool = False):
     # otherwise block its client's destructor, and so the process exit.
     learner.set_client_kwargs(call_timeout=datetime.timedelta(seconds=_CALL_TIMEOUT_SECONDS))
   with program.group("actor"):
-    for i in range(config.num_actors):
-      # Actor ids are unique across the pod: they seed the actors' envs.
-      program.add_node(lp.CourierNode(build_actor, config, process_id * config.num_actors + i,
-                                      host_dir, replay, learner))
+    # Actor ids are unique across the pod: they seed the actors' envs.
+    ids = [process_id * config.num_actors + i for i in range(config.num_actors)]
+    for first in range(0, len(ids), config.actors_per_node):
+      group = ids[first:first + config.actors_per_node]
+      if len(group) == 1:
+        program.add_node(lp.CourierNode(build_actor, config, group[0], host_dir, replay, learner))
+      else:
+        program.add_node(lp.CourierNode(build_actor_group, config, group, host_dir, replay,
+                                        learner))
   if config.eval_episodes > 0 and process_id == 0:
     with program.group("evaluator"):
       program.add_node(lp.CourierNode(build_evaluator, config, run_dir, learner))

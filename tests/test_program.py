@@ -23,9 +23,12 @@ ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
                                                  ("local_mt", "uniform")])
 def test_launch_reaches_budget_and_stops_cleanly(tmp_path, launch_type, replay):
   run_dir = str(tmp_path / "run")
+  # In local_mp, actors 0 and 1 share a process (threads), actor 2 has its own.
+  per_node = 2 if launch_type == "local_mp" else 1
   code, out, left = helpers.run(
       helpers.train_command(run_dir, f"--lp_launch_type={launch_type}", "--num_actors=3", *FAST,
-                            f"--config.replay={replay}", "--config.samples_per_insert=2.0"),
+                            f"--config.replay={replay}", "--config.samples_per_insert=2.0",
+                            f"--config.actors_per_node={per_node}"),
       timeout=240, env_overrides=ONE_DEVICE)
   assert code == 0, out[-5000:]
   assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
