@@ -23,7 +23,7 @@ bench: setup
 bench-actors: setup
 	$(PY) -m benchmarks.actor_scaling $(ARGS)
 
-# The BMG paper's grid-world comparison; rewrites RESULTS.md (about an hour on 2 cores).
+# The BMG paper's grid-world comparison; rewrites RESULTS.md (about 70 minutes on 2 cores).
 results: setup
 	$(PY) -m benchmarks.two_colours $(ARGS)
 
