@@ -59,3 +59,26 @@ def test_two_host_pod_trains_identical_parameters_and_resumes(tmp_path):
     assert s["resumed_from_learner_steps"] == 20 and s["learner_steps"] == 30
   assert host0["params_sha256"] == host1["params_sha256"] != first_digest
   assert host0["pod"]["env_steps"] >= host0["resumed_from_env_steps"]
+
+
+def test_sigterm_on_one_host_stops_the_whole_pod(tmp_path):
+  import signal
+  run_dir = str(tmp_path / "run")
+  port = _free_port()
+  procs = [helpers.start(helpers.train_command(
+      run_dir, f"--pod_coordinator=localhost:{port}", "--pod_num_processes=2",
+      f"--pod_process_id={i}", *SMALL, "--config.max_learner_steps=100000"),
+      env_overrides=TWO_DEVICES) for i in range(2)]
+  assert helpers.wait_for_learner_steps(run_dir, 5, 180, procs[0]), "the pod never trained"
+  procs[1].send_signal(signal.SIGTERM)
+  results = [helpers.finish(p, timeout=120) for p in procs]
+  for code, out, left in results:
+    assert code == 0, out[-5000:]
+    assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  host0 = helpers.summary(run_dir)
+  host1 = helpers.summary(os.path.join(run_dir, "hosts", "1"))
+  assert host1["exit_reason"] == "stopped"
+  assert host0["exit_reason"] == "stopped_by_another_host"
+  assert host0["learner_steps"] == host1["learner_steps"] >= 5
+  assert host0["params_sha256"] == host1["params_sha256"]
+  assert host0["latest_checkpoint_step"] == host0["learner_steps"]  # final checkpoint written
