@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from benchmarks import markdown
 from benchmarks import throughput
 
 _COUNTS = flags.DEFINE_list("counts", ["1", "2", "4", "8", "16", "32", "64"], "Actor counts.")
@@ -82,8 +83,7 @@ def _plot(results, path):
 
 
 def _write_table(results, plot_path):
-  lines = [BEGIN,
-           f"Measured {results['date']} on {results['cores']} cores, {results['machine']}, with "
+  lines = [f"Measured {results['date']} on {results['cores']} cores, {results['machine']}, with "
            f"`python -m benchmarks.actor_scaling` (config `{results['config']}`, "
            f"{results['envs_per_actor']} envs per actor, {results['seconds']:.0f} s runs, "
            f"{results['warmup']:.0f} s warm-up). Raw vector env: "
@@ -93,16 +93,10 @@ def _write_table(results, plot_path):
   for r in results["rows"]:
     lines.append(f"| {r['actors']} | {r['actors_per_process']} | {r['actor_processes']} | "
                  f"{r['env_steps_per_second']:,.0f} | {r['ratio_to_raw']:.2f} |")
-  lines += ["", f"![actor scaling]({os.path.relpath(plot_path, throughput.REPO)})", END]
-  table = "\n".join(lines)
-  path = os.path.join(throughput.REPO, throughput._MARKDOWN.value)
-  text = open(path).read()
-  if BEGIN in text and END in text:
-    text = text[:text.index(BEGIN)] + table + text[text.index(END) + len(END):]
-  else:
-    text = text.rstrip() + "\n\n## Actor scaling (CartPole-v1, local_mp)\n\n" + table + "\n"
-  with open(path, "w") as f:
-    f.write(text)
+  lines += ["", f"![actor scaling]({os.path.relpath(plot_path, throughput.REPO)})"]
+  markdown.replace_block(os.path.join(throughput.REPO, throughput._MARKDOWN.value), BEGIN, END,
+                         "\n".join(lines), title="Benchmarks",
+                         heading="## Actor scaling (CartPole-v1, local_mp)\n\n")
 
 
 if __name__ == "__main__":

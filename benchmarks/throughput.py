@@ -25,6 +25,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks import markdown
+
 _CONFIG = flags.DEFINE_string("config", "launch/configs/cartpole_impala.py", "Config file.")
 _NUM_ACTORS = flags.DEFINE_list("num_actors", ["1", "2", "4"], "Actor counts for (d).")
 _MODES = flags.DEFINE_list("modes", ["local_mt", "local_mp"], "Launch modes for (d).")
@@ -156,7 +158,6 @@ def write_outputs(results):
   _plot(results, os.path.join(_OUT.value, "throughput.png"))
   raw = results["raw_env_steps_per_second"]
   lines = [
-      BEGIN,
       f"Measured {results['date']} on {results['machine']} with "
       f"`{results['command']}` (config `{results['config']}`, "
       f"{results['envs_per_actor']} envs per actor, unrolls of {results['unroll_length']}, "
@@ -174,16 +175,8 @@ def write_outputs(results):
   for row in results["end_to_end"]:
     lines.append(f"| (d) end to end, {row['mode']}, {row['num_actors']} actor(s) "
                  f"| {row['env_steps_per_second']:,.0f} | {row['env_steps_per_second'] / raw:.2f} |")
-  lines += ["", "![throughput](benchmarks/results/throughput.png)", END]
-  table = "\n".join(lines)
-  path = _MARKDOWN.value
-  text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n" + BEGIN + "\n" + END + "\n"
-  if BEGIN in text and END in text:
-    text = text[:text.index(BEGIN)] + table + text[text.index(END) + len(END):]
-  else:
-    text = text.rstrip() + "\n\n" + table + "\n"
-  with open(path, "w") as f:
-    f.write(text)
+  lines += ["", "![throughput](benchmarks/results/throughput.png)"]
+  markdown.replace_block(_MARKDOWN.value, BEGIN, END, "\n".join(lines), title="Benchmarks")
 
 
 def _plot(results, path):

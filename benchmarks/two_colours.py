@@ -20,7 +20,6 @@ two_colours_entropy.png (the learned entropy cost around colour swaps).
 import functools
 import json
 import os
-import re
 import time
 from typing import Dict, List
 
@@ -32,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs
+from benchmarks import markdown
 from envs import two_colours
 from podmeta import builder
 from podmeta.config import Config
@@ -278,15 +278,8 @@ def plot(results: Dict[str, dict], out_dir: str, swap_every: int) -> List[str]:
 
 
 def update_results_md(path: str, text: str) -> None:
-  begin, end = "<!-- two_colours:begin -->", "<!-- two_colours:end -->"
-  block = f"{begin}\n{text}\n{end}"
-  old = open(path).read() if os.path.exists(path) else f"# Results\n\n{begin}\n{end}\n"
-  if begin in old:
-    new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, old, flags=re.S)
-  else:
-    new = old.rstrip() + "\n\n" + block + "\n"
-  with open(path, "w") as f:
-    f.write(new)
+  markdown.replace_block(path, "<!-- two_colours:begin -->", "<!-- two_colours:end -->", text,
+                         title="Results")
 
 
 def main(argv):
