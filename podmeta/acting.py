@@ -236,6 +236,6 @@ class ActorGroup(core.Worker):
     # A failed actor fails the node at once (as a lone actor would), rather
     # than after its siblings stop.
     while any(t.is_alive() for t in threads) and not errors:
-      threads[0].join(timeout=0.5) if threads[0].is_alive() else time.sleep(0.5)
+      time.sleep(0.5)
     if errors:
       raise errors[0]

@@ -75,12 +75,9 @@ def make_parameterisation(config: Config) -> meta_params.Parameterisation:
 
 
 def meta_options(config: Config) -> meta_update.MetaOptions:
-  m = config.meta
+  # MetaOptions is the subset of MetaConfig the update needs, by the same names.
   return meta_update.MetaOptions(
-      method=m.method, inner_steps=m.inner_steps, target_steps=m.target_steps,
-      target_data=m.target_data, continue_from=m.continue_from, matching=m.matching,
-      value_matching_cost=m.value_matching_cost, target_update=m.target_update,
-      target_learning_rate=m.target_learning_rate)
+      **{name: getattr(config.meta, name) for name in meta_update.MetaOptions._fields})
 
 
 def make_update_and_state(config: Config, spec: envs.EnvSpec,

@@ -218,6 +218,14 @@ _MATCHING = ("kl", "kl_value", "l2")
 _TARGET_UPDATES = ("agent", "sgd")
 
 
+def meta_batch_chunks(method: str, inner_steps: int, target_steps: int, target_data: str) -> int:
+  """Sub-batches of a meta-learning step: K inner ones, plus the target's or
+  MG outer loss's own unless they reuse the last inner one."""
+  if target_data == "last_inner":
+    return inner_steps
+  return inner_steps + (target_steps if method == "bmg" else 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class MetaParamConfig:
   """One meta-learned hyperparameter: its initial value and bounded transform.
@@ -303,9 +311,7 @@ class MetaConfig:
     """Equal sub-batches a learner step's batch is split into."""
     if not self.enabled:
       return 1
-    if self.target_data == "last_inner":
-      return self.inner_steps
-    return self.inner_steps + (self.target_steps if self.method == "bmg" else 1)
+    return meta_batch_chunks(self.method, self.inner_steps, self.target_steps, self.target_data)
 
   def __post_init__(self):
     _validate_meta(self)

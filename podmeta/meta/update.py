@@ -33,6 +33,7 @@ import optax
 from podmeta import learning
 from podmeta import losses
 from podmeta import networks as networks_lib
+from podmeta.config import meta_batch_chunks
 from podmeta.learning import LearnerState
 from podmeta.meta.params import Parameterisation
 from podmeta.replay import Trajectory
@@ -61,9 +62,7 @@ class MetaOptions(NamedTuple):
 
   @property
   def num_chunks(self) -> int:
-    if self.target_data == "last_inner":
-      return self.inner_steps
-    return self.inner_steps + (self.target_steps if self.method == "bmg" else 1)
+    return meta_batch_chunks(self.method, self.inner_steps, self.target_steps, self.target_data)
 
 
 class MetaAux(NamedTuple):
