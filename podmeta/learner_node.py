@@ -17,6 +17,7 @@ from typing import Callable, List, Optional
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from podmeta import core
@@ -117,8 +118,9 @@ class LearnerNode(core.Worker, core.VariableSource):
     prefetcher = self._make_prefetcher()
     last_log = last_ckpt = start
     steps_at_last_log, env_at_last_log = self._learner.step_count, self._env_steps
-    # The learner sums its metrics between log rows; rows hold their means.
-    lags = []
+    # Metrics are summed on device between log rows (no host sync per step)
+    # and logged as means over the interval.
+    metrics, metric_steps, lags = None, 0, []
     exit_reason, item = None, None
     try:
       while True:
@@ -140,12 +142,16 @@ class LearnerNode(core.Worker, core.VariableSource):
         if ready:
           (batch, version), item = item, None
           lags.append(self._learner.step_count - version)
-          self._learner.step(batch)
+          step_metrics = self._learner.step(batch)
+          metrics = step_metrics if metrics is None else jax.tree.map(
+              jnp.add, metrics, step_metrics)
+          metric_steps += 1
         now = time.monotonic()
         if now - last_log >= self._log_every:
-          self._log(lags, now - last_log, steps_at_last_log, env_at_last_log)
+          self._log(metrics, metric_steps, lags, now - last_log, steps_at_last_log,
+                    env_at_last_log)
           last_log, steps_at_last_log, env_at_last_log = now, self._learner.step_count, self._env_steps
-          lags = []
+          metrics, metric_steps, lags = None, 0, []
         if now - last_ckpt >= self._checkpoint_every:
           self._save(time.monotonic() - start)
           last_ckpt = now
@@ -154,8 +160,8 @@ class LearnerNode(core.Worker, core.VariableSource):
     finally:
       prefetcher.close()
       wall = time.monotonic() - start
-      if self._learner.step_count > steps_at_last_log or lags:
-        self._log(lags, max(time.monotonic() - last_log, 1e-9),
+      if metrics is not None or lags:
+        self._log(metrics, metric_steps, lags, max(time.monotonic() - last_log, 1e-9),
                   steps_at_last_log, env_at_last_log)
       self._save(wall)
       self._write_summary(exit_reason or "error", wall)
@@ -220,7 +226,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     logging.info("resumed from checkpoint: learner step %d, env step %d",
                  self._learner.step_count, self._env_steps)
 
-  def _log(self, lags, seconds, steps_before, env_before) -> None:
+  def _log(self, metrics, metric_steps, lags, seconds, steps_before, env_before) -> None:
     if self._logger is None:
       return
     with self._lock:
@@ -238,9 +244,9 @@ class LearnerNode(core.Worker, core.VariableSource):
     if lags:
       row["policy_lag"] = float(np.mean(lags))
       row["policy_lag_max"] = float(np.max(lags))
-    metrics = self._learner.pop_mean_metrics()
     if metrics is not None:
-      row.update(metrics)
+      row.update({k: float(np.asarray(v)[0]) / metric_steps
+                  for k, v in jax.device_get(metrics).items()})
       self._last_hyperparameters = {k[len("meta/"):]: v for k, v in row.items()
                                     if k.startswith("meta/")}
     row.update(self._replay_info())

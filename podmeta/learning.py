@@ -150,18 +150,8 @@ class Learner(core.VariableSource, core.Saveable):
     pmean spans all of them.
     """
     self._devices = list(devices or jax.local_devices())
-
-    # Metrics are summed on device inside the same pmapped call (a separate
-    # dispatch per step doubled the step time of a small network).
-    def update_and_sum(state, sums, batch):
-      state, metrics = update(state, batch)
-      return state, metrics, jax.tree.map(jnp.add, sums, metrics)
-
     self._update = jax.pmap(update, axis_name=AXIS, devices=devices)
-    self._update_and_sum = jax.pmap(update_and_sum, axis_name=AXIS, devices=devices)
     self._from_first = jax.pmap(_from_first_device, axis_name=AXIS, devices=devices)
-    self._zero_sums = None  # replicated zeros shaped like the metrics, made on first step
-    self._sums, self._sum_steps = None, 0
     self._template = initial_state
     self._state = replicate(self._template, self._devices)
     # A host-side copy of state.step: reading the device's would wait for the
@@ -184,23 +174,9 @@ class Learner(core.VariableSource, core.Saveable):
 
   def step(self, batch: Trajectory) -> Dict:
     """One update on a batch already sharded over devices. Returns device metrics."""
-    if self._zero_sums is None:
-      shapes = jax.eval_shape(self._update, self._state, batch)[1]
-      self._zero_sums = replicate(
-          jax.tree.map(lambda s: np.zeros(s.shape[1:], s.dtype), shapes), self._devices)
-      self._sums = self._zero_sums
-    self._state, metrics, self._sums = self._update_and_sum(self._state, self._sums, batch)
+    self._state, metrics = self._update(self._state, batch)
     self._steps += 1
-    self._sum_steps += 1
     return metrics
-
-  def pop_mean_metrics(self) -> Optional[Dict[str, float]]:
-    """Means of the metrics over the steps since the last call (None if there were none)."""
-    if not self._sum_steps:
-      return None
-    sums, n = jax.device_get(self._sums), self._sum_steps
-    self._sums, self._sum_steps = self._zero_sums, 0
-    return {k: float(np.asarray(v)[0]) / n for k, v in sums.items()}
 
   def get_variables(self) -> Tuple[int, Any]:
     state, version = self._state, self._steps  # device arrays are immutable
