@@ -4,7 +4,10 @@ Flennerhag et al. 2021, "Bootstrapped Meta-Learning" (arXiv 2109.04504), and
 Luketina et al. 2022, "Meta-Gradients in Non-Stationary Environments". A 5x5
 grid holds the agent, a blue item and a red item. Stepping onto an item
 collects it, paying +1 if its colour is currently the rewarding one and -1
-otherwise, and the item respawns on a uniformly random free cell. Which colour
+otherwise, "after which the agent and two objects are randomly re-spawned"
+(Luketina et al., Sec. 4): three distinct uniformly random cells, the default
+`respawn="all"`. `respawn="item"` (an option, what this env did before) moves
+only the collected item, to a uniformly random free cell. Which colour
 pays swaps every `swap_every` steps of the environment's lifetime, so a good
 policy must keep re-learning which item to chase: the env tests how fast an
 agent (and its meta-learned hyperparameters) adapts to non-stationarity.
@@ -20,10 +23,10 @@ episodes of `MAX_EPISODE_STEPS` by truncation only so that evaluators' episodes
 end, and `reset` re-draws positions but keeps the lifetime counter.
 
 Two implementations with identical dynamics (tests/test_two_colours.py checks
-they agree step for step, bar the random respawn cell):
+they agree step for step, bar the random respawn cells):
   * pure JAX functions (`reset`, `step`, `observation`) on `TwoColoursState`,
-    for jit / vmap / lax.scan; `size` and `swap_every` must be static Python
-    ints (pass them through functools.partial or static_argnames under jit);
+    for jit / vmap / lax.scan; `size`, `swap_every` and `respawn` must be
+    static (pass them through functools.partial or static_argnames under jit);
   * `TwoColoursEnv`, a numpy gymnasium env for the actors' vector envs.
 """
 
@@ -40,6 +43,7 @@ SWAP_EVERY = 100_000
 MAX_EPISODE_STEPS = 1000
 NUM_ACTIONS = 4
 BLUE, RED = 0, 1
+RESPAWNS = ("all", "item")
 
 # (dx, dy) per action: up, right, down, left.
 _MOVES = ((0, -1), (1, 0), (0, 1), (-1, 0))
@@ -90,11 +94,12 @@ def reset(key: jax.Array, size: int = SIZE) -> Tuple[TwoColoursState, jax.Array]
 
 
 def step(state: TwoColoursState, action: jax.Array, key: jax.Array, size: int = SIZE,
-         swap_every: int = SWAP_EVERY) -> Tuple[TwoColoursState, jax.Array, jax.Array]:
+         swap_every: int = SWAP_EVERY, respawn: str = "all"
+         ) -> Tuple[TwoColoursState, jax.Array, jax.Array]:
   """One transition; returns (next state, next observation, float32 reward).
 
   `action` must be in [0, 4); JAX clamps out-of-range indices rather than
-  raising. `key` is only used to respawn a collected item.
+  raising. `key` is only used for the respawn after a collection.
   """
   colour = positive_colour(state.step, swap_every)
   move = jnp.asarray(_MOVES, jnp.int32)[action]
@@ -104,6 +109,15 @@ def step(state: TwoColoursState, action: jax.Array, key: jax.Array, size: int = 
   sign = jnp.where(jnp.arange(2) == colour, 1.0, -1.0)
   reward = jnp.sum(jnp.where(hit, sign, 0.0)).astype(jnp.float32)
 
+  if respawn == "all":
+    cells = _cells(jax.random.choice(key, size * size, shape=(3,), replace=False), size)
+    collected = jnp.any(hit)
+    next_state = TwoColoursState(agent=jnp.where(collected, cells[0], agent),
+                                 items=jnp.where(collected, cells[1:], state.items),
+                                 step=state.step + 1)
+    return next_state, observation(next_state, size), reward
+  if respawn != "item":
+    raise ValueError(f"respawn must be one of {RESPAWNS}, got {respawn!r}")
   # The collected item's old cell is the agent's new one, so masking the agent
   # and the items not collected leaves exactly the free cells.
   grid = _cells(jnp.arange(size * size), size)  # [cells, 2]
@@ -137,13 +151,16 @@ class TwoColoursEnv(gym.Env):
 
   metadata = {"render_modes": []}
 
-  def __init__(self, size: int = SIZE, swap_every: int = SWAP_EVERY):
+  def __init__(self, size: int = SIZE, swap_every: int = SWAP_EVERY, respawn: str = "all"):
+    if respawn not in RESPAWNS:
+      raise ValueError(f"respawn must be one of {RESPAWNS}, got {respawn!r}")
     if size < 2:
       raise ValueError(f"size must be >= 2 to fit three entities, got {size}")
     if swap_every < 1:
       raise ValueError(f"swap_every must be >= 1, got {swap_every}")
     self.size = size
     self.swap_every = swap_every
+    self.respawn = respawn
     self.action_space = gym.spaces.Discrete(NUM_ACTIONS)
     self.observation_space = gym.spaces.Box(0.0, 1.0, (obs_size(size),), np.float32)
     self.agent = np.zeros(2, np.int64)
@@ -164,11 +181,14 @@ class TwoColoursEnv(gym.Env):
   def _obs(self) -> np.ndarray:
     return _np_observation(self.agent, self.items, self.size)
 
-  def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
-    super().reset(seed=seed)
+  def _place_all(self) -> None:
     cells = self.np_random.choice(self.size * self.size, size=3, replace=False)
     positions = np.stack([cells % self.size, cells // self.size], axis=-1).astype(np.int64)
     self.agent, self.items = positions[0], positions[1:]
+
+  def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+    super().reset(seed=seed)
+    self._place_all()
     return self._obs(), {"positive_colour": positive_colour(self.lifetime_step, self.swap_every)}
 
   def step(self, action):
@@ -180,6 +200,9 @@ class TwoColoursEnv(gym.Env):
     for i in (BLUE, RED):
       if np.array_equal(self.items[i], self.agent):
         reward = 1.0 if i == colour else -1.0
+        if self.respawn == "all":
+          self._place_all()
+          break
         taken = {tuple(self.agent.tolist()), tuple(self.items[1 - i].tolist())}
         free = [c for c in range(self.size * self.size)
                 if (c % self.size, c // self.size) not in taken]

@@ -24,6 +24,7 @@ from podmeta import loggers
 from podmeta.logging_setup import quiet_third_party_logs
 from podmeta import networks as networks_lib
 from podmeta import replay as replay_lib
+from podmeta import types
 from podmeta.meta import params as meta_params
 from podmeta.meta import update as meta_update
 
@@ -69,15 +70,15 @@ def make_parameterisation(config: Config) -> meta_params.Parameterisation:
   bounds = {name: meta_params.Bounded(p.init, p.low, p.high, p.transform)
             for name, p in m.hyperparams.items()}
   if m.context == "reward":
-    return meta_params.Parameterisation(bounds, hidden_size=m.meta_hidden_size,
-                                        context_size=m.context_window)
+    return meta_params.Parameterisation(bounds, hidden_sizes=m.meta_hidden_sizes,
+                                        context_size=m.context_window,
+                                        pretrain_steps=m.meta_pretrain_steps)
   return meta_params.Parameterisation(bounds)
 
 
-def meta_options(config: Config) -> meta_update.MetaOptions:
-  # MetaOptions is the subset of MetaConfig the update needs, by the same names.
-  return meta_update.MetaOptions(
-      **{name: getattr(config.meta, name) for name in meta_update.MetaOptions._fields})
+def global_batch_size(config: Config) -> int:
+  """Unrolls per learner step over the whole pod (`batch_size` is per host)."""
+  return config.batch_size * jax.process_count()
 
 
 def make_update_and_state(config: Config, spec: envs.EnvSpec,
@@ -88,20 +89,23 @@ def make_update_and_state(config: Config, spec: envs.EnvSpec,
   dummy_obs = np.zeros((1,) + spec.obs_shape, spec.obs_dtype)
   clip = dict(clip_rho_threshold=config.clip_rho_threshold,
               clip_pg_rho_threshold=config.clip_pg_rho_threshold,
-              max_abs_reward=config.max_abs_reward)
+              max_abs_reward=config.max_abs_reward, max_grad_norm=config.max_grad_norm)
+  state = learning.init_state(network, optimizer, key, dummy_obs)
   if not config.meta.enabled:
     update = learning.make_update_fn(network, optimizer, loss_hyperparams(config),
                                      axis_name=axis_name, **clip)
-    return update, learning.init_state(network, optimizer, key, dummy_obs)
+    return update, state
   m = config.meta
   parameterisation = make_parameterisation(config)
   meta_optimizer = meta_update.make_meta_optimizer(m.learning_rate, m.max_grad_norm, m.adam_eps)
-  meta_state = meta_update.init_meta_state(parameterisation, meta_optimizer,
-                                           jax.random.fold_in(key, 1), m.context_window)
+  ring_batch = types.zeros_batch(make_spec(config, spec), global_batch_size(config))
+  meta_state = meta_update.init_meta_state(m, parameterisation, meta_optimizer,
+                                           jax.random.fold_in(key, 1), state.params,
+                                           state.opt_state, ring_batch)
   update = meta_update.make_meta_update_fn(
       network, optimizer, parameterisation, meta_optimizer, loss_hyperparams(config),
-      outer_hyperparams(config), meta_options(config), axis_name=axis_name, **clip)
-  return update, learning.init_state(network, optimizer, key, dummy_obs, meta=meta_state)
+      outer_hyperparams(config), m, axis_name=axis_name, **clip)
+  return update, state._replace(meta=meta_state)
 
 
 def make_learner(config: Config, spec: envs.EnvSpec, devices=None) -> learning.Learner:

@@ -17,7 +17,7 @@ import optax
 from podmeta import core
 from podmeta import losses
 from podmeta import networks as networks_lib
-from podmeta.replay import Trajectory
+from podmeta.types import Trajectory
 
 AXIS = "devices"
 
@@ -33,7 +33,9 @@ class LearnerState(NamedTuple):
 def make_optimizer(name: str, learning_rate: float, max_grad_norm: float,
                    rmsprop_decay: float = 0.99, eps: float = 1e-6
                    ) -> optax.GradientTransformation:
-  """Clip by global norm, then the optimiser; every step is differentiable.
+  """Clip by global norm (unless max_grad_norm is 0), then the optimiser.
+
+  Every step is differentiable.
 
   Adam's `eps_root` keeps its update differentiable where a gradient entry is
   zero (d sqrt(v)/dv is infinite at v = 0), which meta-gradients go through.
@@ -46,7 +48,16 @@ def make_optimizer(name: str, learning_rate: float, max_grad_norm: float,
     opt = optax.sgd(learning_rate)
   else:
     raise ValueError(f"unknown optimizer {name!r}")
+  if not max_grad_norm:
+    return opt
   return optax.chain(optax.clip_by_global_norm(max_grad_norm), opt)
+
+
+def clipped(grad_norm: jnp.ndarray, max_grad_norm: float) -> jnp.ndarray:
+  """1.0 where the optimiser's global-norm clip changed the gradient, else 0.0."""
+  if not max_grad_norm:
+    return jnp.zeros_like(grad_norm)
+  return (grad_norm > max_grad_norm).astype(jnp.float32)
 
 
 def batch_loss(network: networks_lib.Network, params, batch: Trajectory,
@@ -97,10 +108,12 @@ def agent_step(network: networks_lib.Network, optimizer: optax.GradientTransform
 def make_update_fn(network: networks_lib.Network, optimizer: optax.GradientTransformation,
                    hyper: losses.LossHyperparams, clip_rho_threshold: float = 1.0,
                    clip_pg_rho_threshold: float = 1.0, max_abs_reward: float = 0.0,
-                   axis_name: Optional[str] = AXIS):
+                   max_grad_norm: float = 0.0, axis_name: Optional[str] = AXIS):
   """The pure learner step with fixed hyperparameters.
 
-  With `axis_name`, it must run under pmap/vmap of that name.
+  With `axis_name`, it must run under pmap/vmap of that name. `max_grad_norm`
+  (the optimiser's clip) only feeds the `grad_clipped` metric; `hyper` may
+  hold traced values.
   """
 
   def update(state: LearnerState, batch: Trajectory) -> Tuple[LearnerState, Dict]:
@@ -110,6 +123,7 @@ def make_update_fn(network: networks_lib.Network, optimizer: optax.GradientTrans
                      max_abs_reward=max_abs_reward, axis_name=axis_name)
     metrics = dict(out.loss._asdict())
     metrics["grad_norm"] = out.grad_norm
+    metrics["grad_clipped"] = clipped(out.grad_norm, max_grad_norm)
     if axis_name is not None:
       metrics = jax.lax.pmean(metrics, axis_name)
     return state._replace(params=out.params, opt_state=out.opt_state,

@@ -1,7 +1,7 @@
 """The trajectory schema, Reverb tables, the unroll writer and the batch iterator.
 
-The schema is defined once (`Trajectory`, `trajectory_spec`) and used by both
-the writer (actors) and the reader (learner). An unroll is T+1 steps of one
+The schema (`Trajectory`, `trajectory_spec`) lives in `podmeta.types` and is
+used by both the writer (actors) and the reader (learner). An unroll is T+1 steps of one
 environment; consecutive unrolls of one environment overlap by one step, the
 last step of one being the first of the next (its bootstrap observation).
 
@@ -15,7 +15,7 @@ step); `unrolls_per_item` divides the batch size, so batches are whole items.
 import math
 import queue
 import threading
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from absl import logging
 import jax
@@ -23,49 +23,14 @@ import numpy as np
 import reverb
 import tensorflow as tf
 
+from podmeta.types import Spec, Trajectory, trajectory_spec  # re-exported: the schema
+
 TABLE = "unrolls"
-
-
-class Trajectory(NamedTuple):
-  """One unroll (leading axis T+1), or a batch of them ([B, T+1, ...]).
-
-  At step t: `observation` x_t; `reward` and `discount` (0 if x_t is a terminal
-  observation, else 1) arrived with x_t; `is_first` marks x_t as an episode's
-  first observation; `action` a_t was taken at x_t with `behaviour_logits`;
-  `policy_version` is the learner step of the parameters that chose a_t.
-  """
-  observation: np.ndarray
-  action: np.ndarray
-  reward: np.ndarray
-  discount: np.ndarray
-  is_first: np.ndarray
-  behaviour_logits: np.ndarray
-  policy_version: np.ndarray
-
-
-class Spec(NamedTuple):
-  shape: tuple
-  dtype: np.dtype
 
 
 def unrolls_per_item(envs_per_actor: int, batch_size: int) -> int:
   """The largest group of an actor's envs that also divides the batch size."""
   return math.gcd(envs_per_actor, batch_size)
-
-
-def trajectory_spec(obs_shape: Sequence[int], obs_dtype, num_actions: int,
-                    unroll_length: int, group: int = 1) -> Trajectory:
-  """Shapes and dtypes of one item: `group` unrolls of T+1 steps, time-major."""
-  n = (unroll_length + 1, group)
-  return Trajectory(
-      observation=Spec(n + tuple(obs_shape), np.dtype(obs_dtype)),
-      action=Spec(n, np.dtype(np.int32)),
-      reward=Spec(n, np.dtype(np.float32)),
-      discount=Spec(n, np.dtype(np.float32)),
-      is_first=Spec(n, np.dtype(np.bool_)),
-      behaviour_logits=Spec(n + (num_actions,), np.dtype(np.float32)),
-      policy_version=Spec(n, np.dtype(np.int32)),
-  )
 
 
 def reverb_signature(spec: Trajectory) -> Dict[str, tf.TensorSpec]:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import psutil
 
-from podmeta.replay import Trajectory
+from podmeta.types import Trajectory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -43,7 +43,8 @@ def _run_and_check(cmd, must_mention, env_overrides=None):
      "'meta.hyperparams.entropy_cost.init'"),
     (["--config=launch/configs/cartpole_bmg.py", "--config.meta.hyperparams.entropy_costs.init=0.1"],
      "'entropy_costs'"),
-    (["--config=launch/configs/cartpole_bmg.py", "--config.meta.inner_steps=3"], "batch_size"),
+    (["--config=launch/configs/cartpole_bmg.py", "--config.meta.target_data=last_inner",
+      "--config.meta.inner_steps=3"], "batch_size"),
     # Pods.
     (["--pod_num_processes=2"], "--pod_coordinator"),
     (["--pod_num_processes=2", "--pod_process_id=2", "--pod_coordinator=localhost:1"],

@@ -91,17 +91,17 @@ def _random_cases(rng, n, swap_every):
   return (np.array(agents), np.array(items), np.array(steps), np.array(actions))
 
 
-@pytest.mark.parametrize("swap_every", [10, 100_000])
-def test_jax_and_numpy_agree(swap_every):
+@pytest.mark.parametrize("swap_every, respawn", [(10, "all"), (100_000, "all"), (10, "item")])
+def test_jax_and_numpy_agree(swap_every, respawn):
   n = 2000
   rng = np.random.default_rng(swap_every)
   agents, items, steps, actions = _random_cases(rng, n, swap_every)
   keys = jax.random.split(jax.random.PRNGKey(swap_every), n)
-  step = jax.jit(jax.vmap(functools.partial(tc.step, swap_every=swap_every)))
+  step = jax.jit(jax.vmap(functools.partial(tc.step, swap_every=swap_every, respawn=respawn)))
   j_state, j_obs, j_reward = jax.device_get(step(
       _jax_state(agents, items, steps), jnp.asarray(actions, jnp.int32), keys))
 
-  env = tc.TwoColoursEnv(swap_every=swap_every)
+  env = tc.TwoColoursEnv(swap_every=swap_every, respawn=respawn)
   env.reset(seed=swap_every)
   collections = 0
   for k in range(n):
@@ -117,19 +117,23 @@ def test_jax_and_numpy_agree(swap_every):
     collections += hit.any()
     assert info["positive_colour"] == colour
 
-    np.testing.assert_array_equal(env.agent, expected_agent)
-    np.testing.assert_array_equal(j_state.agent[k], expected_agent)
     assert n_reward == j_reward[k] == expected_reward
     assert env.lifetime_step == j_state.step[k] == steps[k] + 1
-    for impl_items, impl_obs in ((env.items, n_obs), (j_state.items[k], j_obs[k])):
+    for impl_agent, impl_items, impl_obs in ((env.agent, env.items, n_obs),
+                                             (j_state.agent[k], j_state.items[k], j_obs[k])):
       decoded = _decode(impl_obs)
-      np.testing.assert_array_equal(decoded[0], expected_agent)
+      np.testing.assert_array_equal(decoded[0], impl_agent)
       np.testing.assert_array_equal(decoded[1:], impl_items)
-      # The collected item always moves (its old cell is now the agent's), the
-      # other never does.
-      np.testing.assert_array_equal(np.any(impl_items != items[k], axis=-1), hit)
-      assert impl_items.min() >= 0 and impl_items.max() < SIZE
       assert len({tuple(p) for p in decoded.tolist()}) == 3
+      assert decoded.min() >= 0 and decoded.max() < SIZE
+      if respawn == "item" or not hit.any():
+        np.testing.assert_array_equal(impl_agent, expected_agent)
+      if respawn == "item":
+        # The collected item always moves (its old cell is now the agent's),
+        # the other never does.
+        np.testing.assert_array_equal(np.any(impl_items != items[k], axis=-1), hit)
+      elif not hit.any():
+        np.testing.assert_array_equal(impl_items, items[k])
   assert 0.3 * n < collections < 0.7 * n  # The cases did exercise collection.
 
 
@@ -142,7 +146,7 @@ def _chi_square(counts, free):
 CHI2_BOUND = 60.0
 
 
-def test_respawn_is_uniform_over_free_cells():
+def test_item_respawn_is_uniform_over_free_cells():
   n = 4600  # About 200 per free cell.
   agent, other = (2, 2), (4, 0)
   # The agent at (1, 2) moves right onto blue at (2, 2); red stays at (4, 0).
@@ -151,7 +155,7 @@ def test_respawn_is_uniform_over_free_cells():
 
   keys = jax.random.split(jax.random.PRNGKey(0), n)
   state = _jax_state((1, 2), (agent, other), 0)
-  step = jax.jit(jax.vmap(tc.step, in_axes=(None, None, 0)))
+  step = jax.jit(jax.vmap(functools.partial(tc.step, respawn="item"), in_axes=(None, None, 0)))
   new_state, _, reward = jax.device_get(step(state, jnp.int32(1), keys))
   np.testing.assert_array_equal(reward, 1.0)
   np.testing.assert_array_equal(new_state.agent, np.broadcast_to(agent, (n, 2)))
@@ -161,7 +165,7 @@ def test_respawn_is_uniform_over_free_cells():
   assert counts[~free].sum() == 0
   assert _chi_square(counts, free) < CHI2_BOUND
 
-  env = tc.TwoColoursEnv()
+  env = tc.TwoColoursEnv(respawn="item")
   env.reset(seed=0)
   counts = np.zeros((SIZE, SIZE))
   for _ in range(n):
@@ -170,6 +174,31 @@ def test_respawn_is_uniform_over_free_cells():
     counts[tuple(env.items[0])] += 1
   assert counts[~free].sum() == 0
   assert _chi_square(counts, free) < CHI2_BOUND
+
+
+def test_collection_respawns_all_three_on_distinct_uniform_cells():
+  """The paper's rule: after a pickup, agent and both items re-spawn at random."""
+  n = 5000  # 200 per cell.
+  keys = jax.random.split(jax.random.PRNGKey(2), n)
+  state = _jax_state((1, 2), ((2, 2), (4, 0)), 0)  # moving right collects blue
+  step = jax.jit(jax.vmap(tc.step, in_axes=(None, None, 0)))
+  new_state, obs, reward = jax.device_get(step(state, jnp.int32(1), keys))
+  np.testing.assert_array_equal(reward, 1.0)
+  env = tc.TwoColoursEnv()
+  env.reset(seed=2)
+  numpy_positions = []
+  for _ in range(n):
+    env.set_state((1, 2), ((2, 2), (4, 0)), 0)
+    assert env.step(1)[1] == 1.0
+    numpy_positions.append(np.concatenate([env.agent[None], env.items]))
+  for positions in (np.concatenate([new_state.agent[:, None], new_state.items], axis=1),
+                    np.asarray(numpy_positions)):
+    cells = positions[..., 1] * SIZE + positions[..., 0]  # [n, 3]
+    assert np.all((cells[:, 0] != cells[:, 1]) & (cells[:, 0] != cells[:, 2])
+                  & (cells[:, 1] != cells[:, 2]))
+    for entity in range(3):  # each uniform over all 25 cells; 24 dof: P(chi2 > 65) ~ 1e-5
+      counts = np.bincount(cells[:, entity], minlength=SIZE * SIZE)
+      assert _chi_square(counts, np.ones(SIZE * SIZE, bool)) < 65.0
 
 
 def test_reset_draws_distinct_uniform_cells():

@@ -1,21 +1,23 @@
-"""The grid-world experiment's JAX agent: it learns, and its report is written.
+"""The grid-world experiment: the JAX agent learns, the protocol resumes, the report is written.
 
 The agent is the distributed learner's own update function run under
-jit/vmap with the JAX-native env (benchmarks/two_colours.py).
+jit/vmap with the JAX-native env (benchmarks/two_colours_lib.py).
 """
 
+import json
 import os
 
 import numpy as np
 
-from benchmarks import two_colours as experiment
+from benchmarks import two_colours_lib as lib
+from benchmarks import two_colours_report as report
 
 
 def test_jax_agent_learns_the_two_colours_grid_world():
-  methods = experiment.methods()
-  result = experiment.run_method("fixed_0.1", methods["fixed_0.1"], steps=100_000, seeds=2,
-                                 log_every=10_000, swap_every=1_000_000)
-  reward = np.asarray(result["reward"]) / result["point_steps"]  # [seed, point] per step
+  settings = [lib.Setting("fixed", entropy_cost=0.1)] * 2
+  results = lib.run_lanes(settings, [0, 1], steps=100_000, log_every=10_000,
+                          swap_every=1_000_000)
+  reward = np.asarray([r["reward"] for r in results]) / results[0]["point_steps"]
   assert reward.shape == (2, 10)
   # A random policy earns 0 per step in expectation (both colours are equally
   # likely to be met); a learner chasing the rewarding colour earns well above.
@@ -23,22 +25,75 @@ def test_jax_agent_learns_the_two_colours_grid_world():
   assert np.all(reward[:, -5:].mean(axis=1) > reward[:, 0] + 0.05), reward
 
 
-def test_meta_methods_run_and_the_report_is_written(tmp_path):
-  methods = experiment.methods()
-  results = {}
-  for name in ("fixed_0.2", "mg_ctx", "bmg"):
-    results[name] = experiment.run_method(name, methods[name], steps=4_000, seeds=2,
-                                          log_every=1_000, swap_every=2_000)
-  for name in ("mg_ctx", "bmg"):
-    cost = np.asarray(results[name]["entropy_cost"])
-    assert cost.shape == (2, 4) and np.all(np.isfinite(cost))
-    assert np.all((cost > 0) & (cost < 1))
-    assert np.abs(cost - 0.1).max() > 1e-5  # the meta-gradient moved it from its initial value
-  paths = experiment.plot(results, str(tmp_path), swap_every=2_000)
-  assert [os.path.basename(p) for p in paths] == ["two_colours.png", "two_colours_entropy.png"]
+def test_lanes_share_one_program_and_each_lane_is_its_own_run():
+  """Settings that differ in a vmapped value run as lanes of one program, and a
+  lane's result does not depend on which other lanes ran beside it."""
+  a = lib.Setting("mg_ctx", meta_lr=1e-3, k=1, outer_entropy=0.1)
+  b = lib.Setting("mg_ctx", meta_lr=1e-5, k=1, outer_entropy=0.1)
+  assert a.program == b.program and a.name != b.name
+  together = lib.run_lanes([a, b], [0, 1], steps=2_000, log_every=1_000, swap_every=1_000)
+  alone = lib.run_lanes([b], [1], steps=2_000, log_every=1_000, swap_every=1_000)
+  np.testing.assert_allclose(together[1]["entropy_cost"], alone[0]["entropy_cost"], rtol=1e-4)
+  np.testing.assert_allclose(together[1]["reward"], alone[0]["reward"])
+  # The faster meta learning rate moved the entropy cost further.
+  move = [abs(r["entropy_cost"][-1] - r["entropy_cost"][0]) for r in together]
+  assert move[0] > move[1] and move[0] > 1e-4
+
+
+def test_protocol_resumes_from_shards_and_partial_state_and_writes_the_report(tmp_path):
+  out = str(tmp_path / "shards")
+  settings = lib.grid("fixed")[:2]
+  jobs = [("tune", s, seed, 4_096) for s in settings for seed in (0, 1)]
+  # Stopped by its deadline before the end: the lanes' state is saved, no shard yet.
+  assert not lib.run_jobs(jobs, out, 1_024, 2_048, save_every_seconds=1e9, deadline=0.0)
+  assert not lib.load_shards(out, "tune")
+  assert len(os.listdir(os.path.join(out, "_partial", "tune"))) == 1
+  assert lib.run_jobs(jobs, out, 1_024, 2_048, save_every_seconds=1e9, deadline=None)
+  shards = lib.load_shards(out, "tune")
+  assert len(shards) == 4 and not os.listdir(os.path.join(out, "_partial", "tune"))
+  assert all(len(s["reward"]) == 4 and s["env_steps"] == 4_096 for s in shards)
+  # The resumed run equals one that was never stopped.
+  fresh = lib.run_lanes([j[1] for j in jobs], [j[2] for j in jobs], 4_096, 1_024, 2_048)
+  by_name = {(s["setting"], s["seed"]): s for s in shards}
+  for r in fresh:
+    np.testing.assert_allclose(by_name[(r["setting"], r["seed"])]["reward"], r["reward"])
+  # Finished shards are not run again.
+  path = lib.shard_path(out, "tune", settings[0], 0)
+  before = os.path.getmtime(path)
+  assert lib.run_jobs(jobs, out, 1_024, 2_048, save_every_seconds=1e9, deadline=None)
+  assert os.path.getmtime(path) == before
+
+  # A final shard per method for the report (two seeds each, so the CIs exist).
+  for method, setting in (("fixed", settings[0]), ("bmg_ctx", lib.Setting("bmg_ctx", meta_lr=1e-4))):
+    for seed, scale in ((100, 1.0), (101, 1.1)):
+      shard = dict(by_name[(settings[0].name, 0)], setting=setting.name, method=method,
+                   seed=seed)
+      shard["reward"] = [r * scale + (5.0 if method == "bmg_ctx" else 0.0)
+                         for r in shard["reward"]]
+      path = lib.shard_path(out, "final", setting, seed)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, "w") as f:
+        json.dump(shard, f)
   md = tmp_path / "RESULTS.md"
-  md.write_text("# Results\n\nprose kept\n\n<!-- two_colours:begin -->\nold\n<!-- two_colours:end -->\n")
-  experiment.update_results_md(str(md), experiment.table(results))
+  md.write_text(f"# Results\n\nprose kept\n\n{report.BEGIN}\nold\n{report.END}\n")
+  report.write(out, str(md))
   text = md.read_text()
-  assert "prose kept" in text and "old" not in text
-  assert text.count("| BMG, L = 4 |") == 1 and "| MG + reward context |" in text
+  assert "prose kept" in text and "\nold\n" not in text
+  assert "| best fixed entropy cost | `fixed-ec0` | 2 | 4,096 |" in text
+  assert "| MG + reward context | (pending) |" in text
+  assert "BMG + reward context vs best fixed entropy cost: Welch t" in text
+  assert "| best fixed entropy cost | 2 of 5 | 2 x 4,096 |" in text
+  assert os.path.exists(os.path.join(out, "final.png"))
+  assert os.path.exists(os.path.join(out, "entropy_cost_swaps.png"))
+
+
+def test_published_ci_and_welch_against_references():
+  mean, half = report.mean_ci([1.0, 2.0, 3.0])
+  # t(0.975, 2) = 4.3027; sd = 1; half-width = 4.3027 / sqrt(3).
+  np.testing.assert_allclose([mean, half], [2.0, 4.302653 / np.sqrt(3)], rtol=1e-5)
+  t, df, p = report.welch([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0])
+  # By hand: means 2.5 / 4, variances 1.6667 / 4.
+  va, vb = 1.6666667 / 4, 4.0 / 3
+  np.testing.assert_allclose(t, (2.5 - 4.0) / np.sqrt(va + vb), rtol=1e-6)
+  np.testing.assert_allclose(df, (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2), rtol=1e-6)
+  assert 0.2 < p < 0.4

@@ -1,10 +1,12 @@
 """IMPALA + BMG on CartPole-v1: the entropy cost and a learning-rate scale are meta-learned.
 
-The agent is cartpole_impala.py's. On top, every learner step takes one inner
-step (K = 1) that is differentiated with respect to the meta-parameters, and
-a bootstrapped target of L = 2 further steps on the same sub-batch: one with
-the meta-learned rule, one on the outer objective (policy gradient, no
-entropy) with the agent's RMSProp. The meta-loss is KL(pi_target || pi_K).
+The agent is cartpole_impala.py's and takes one ordinary update per learner
+step. Online BMG (podmeta/meta/update.py): every step recomputes, with the
+current meta-parameters, the update of L - 1 + K = 2 steps ago (K = 1)
+differentiably, and matches it to the bootstrapped target: the agent's
+current parameters (one real update later) plus one step on the outer
+objective (policy gradient, no entropy) with the agent's RMSProp. The
+meta-loss is KL(pi_target || pi_K) over the newest batch's states.
 Meta-learned values, the meta-loss and the meta-gradient norm are logged
 under meta/ and plotted beside the return.
 """
@@ -24,8 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
       ),
       inner_steps=1,
       target_steps=2,
-      target_data="last_inner",
-      continue_from="inner",
+      target_data="online",
       matching="kl",
       target_update="agent",
       outer_entropy_cost=0.0,

@@ -9,12 +9,14 @@ same transforms: the hyperparameters become a learned function of the
 agent's situation (Flennerhag et al. 2021, arXiv 2109.04504, Section 5.1).
 """
 
-from typing import Dict, Mapping, NamedTuple, Optional
+import functools
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 class Bounded(NamedTuple):
@@ -45,30 +47,36 @@ class Parameterisation:
   """Maps meta-parameters (and an optional context) to hyperparameter values.
 
   Without a meta-network the meta-parameters are one unconstrained scalar per
-  hyperparameter. With `hidden_size`, they are the weights of an MLP
-  context -> hidden (ReLU) -> one output per hyperparameter; its output bias
-  starts at the unconstrained initial values and its output weights near
-  zero, so every run starts from the configured hyperparameters.
+  hyperparameter. With `hidden_sizes`, they are the weights of an MLP
+  context -> hidden (ReLU) ... -> one output per hyperparameter, each output
+  through its hyperparameter's transform. It starts at the configured
+  initial values: by regression (`pretrain_steps` Adam steps on contexts
+  drawn uniformly from [-1, 1], from a standard initialisation; Luketina et
+  al. 2022, App. A), or, with `pretrain_steps=0`, exactly, with zero output
+  weights and the values' pre-images as the output bias.
   """
 
-  def __init__(self, bounds: Mapping[str, Bounded], hidden_size: Optional[int] = None,
-               context_size: int = 1):
+  def __init__(self, bounds: Mapping[str, Bounded], hidden_sizes: Sequence[int] = (),
+               context_size: int = 1, pretrain_steps: int = 0):
     if not bounds:
       raise ValueError("no hyperparameter to meta-learn")
     self._bounds = dict(bounds)
     self._names = tuple(self._bounds)
-    self._hidden_size = hidden_size
+    self._hidden_sizes = tuple(hidden_sizes)
     self._context_size = context_size
-    if hidden_size:
-      raw_init = np.array([self._bounds[n].unconstrained_init() for n in self._names],
-                          np.float32)
+    self._pretrain_steps = pretrain_steps
+    self._raw_init = np.array([self._bounds[n].unconstrained_init() for n in self._names],
+                              np.float32)
+    if self._hidden_sizes:
+      exact = pretrain_steps == 0
 
       def forward(context):
-        h = hk.Linear(hidden_size, name="hidden")(context)
-        out = hk.Linear(len(self._names), name="out",
-                        w_init=hk.initializers.TruncatedNormal(0.01),
-                        b_init=hk.initializers.Constant(raw_init))(jax.nn.relu(h))
-        return out
+        h = context
+        for i, size in enumerate(self._hidden_sizes):
+          h = jax.nn.relu(hk.Linear(size, name=f"hidden_{i}")(h))
+        return hk.Linear(len(self._names), name="out",
+                         w_init=hk.initializers.Constant(0.0) if exact else None,
+                         b_init=hk.initializers.Constant(self._raw_init) if exact else None)(h)
 
       self._net = hk.without_apply_rng(hk.transform(forward))
 
@@ -78,13 +86,17 @@ class Parameterisation:
 
   @property
   def uses_context(self) -> bool:
-    return bool(self._hidden_size)
+    return bool(self._hidden_sizes)
 
   def init(self, key: jax.Array):
-    if self.uses_context:
-      return self._net.init(key, jnp.zeros((self._context_size,), jnp.float32))
-    return {n: jnp.asarray(self._bounds[n].unconstrained_init(), jnp.float32)
-            for n in self._names}
+    if not self.uses_context:
+      return {n: jnp.asarray(raw, jnp.float32) for n, raw in zip(self._names, self._raw_init)}
+    key, pretrain_key = jax.random.split(key)
+    params = self._net.init(key, jnp.zeros((self._context_size,), jnp.float32))
+    if self._pretrain_steps:
+      params = _pretrain(self._net.apply, params, jnp.asarray(self._raw_init),
+                         self._context_size, self._pretrain_steps, pretrain_key)
+    return params
 
   def values(self, meta_params, context: Optional[jnp.ndarray] = None) -> Dict[str, jnp.ndarray]:
     """Hyperparameter values (scalars), each inside its bounds."""
@@ -92,3 +104,23 @@ class Parameterisation:
       raw = self._net.apply(meta_params, jnp.reshape(context, (self._context_size,)))
       return {n: self._bounds[n].constrain(raw[i]) for i, n in enumerate(self._names)}
     return {n: self._bounds[n].constrain(meta_params[n]) for n in self._names}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _pretrain(apply, params, raw_target, context_size: int, steps: int, key):
+  """Regresses the network's pre-transform outputs to `raw_target` on U[-1, 1] contexts."""
+  optimizer = optax.adam(1e-3)
+
+  def loss(p, contexts):
+    raw = jax.vmap(lambda c: apply(p, c))(contexts)
+    return jnp.mean(jnp.square(raw - raw_target))
+
+  def step(carry, k):
+    p, opt_state = carry
+    contexts = jax.random.uniform(k, (256, context_size), minval=-1.0, maxval=1.0)
+    updates, opt_state = optimizer.update(jax.grad(loss)(p, contexts), opt_state)
+    return (optax.apply_updates(p, updates), opt_state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)),
+                                jax.random.split(key, steps))
+  return params

@@ -2,25 +2,41 @@
 
 One pure learner step `(LearnerState, batch) -> (LearnerState, metrics)`, like
 the fixed-hyperparameter step in `podmeta.learning`, and pmapped the same way.
-The batch is split into equal sub-batches ("chunks"):
+With `target_data="online"` (the default: the published algorithms) the agent
+learns from one stream of batches B_0, B_1, ... and is never rewound:
 
-  inner steps (K):  x^(k+1) = x^(k) + update(x^(k), chunk_k; w), for k < K,
-                    differentiated with respect to the meta-parameters w
-                    through the optimiser step.
-  BMG target:       from stop_gradient(x^(K)), L-1 more steps with the same
-                    meta-learned rule, then one step on the outer objective;
-                    x~ = stop_gradient(x^(K+L)). The meta-loss is
-                    mu(x~, x^(K)(w)), by default KL(pi_x~ || pi_x^(K)) over
-                    the states of the target's last chunk, target first
-                    (Flennerhag et al. 2021, arXiv 2109.04504, Algorithm 1).
-  MG:               the meta-loss is the outer objective at x^(K) on the next
-                    chunk (Xu et al. 2018, arXiv 1805.09801; STAC, Zahavy et
-                    al. 2020, arXiv 2002.12928, when it reuses the last chunk).
+  agent:    x_{t+1} = x_t + u(x_t, B_t; h(w_t, c_t)), the ordinary update with
+            the hyperparameters h the meta-parameters w give for context c_t.
+  ring:     the learner state keeps the last R batches, the parameters and
+            optimiser states they were applied to, and their contexts.
+  BMG:      (Flennerhag et al. 2021, arXiv 2109.04504, Sec. 3; Luketina et
+            al. 2022, Sec. 6, App. A) R = K + L - 1. From the oldest snapshot
+            x_s, s = t - R + 1, recompute the K updates on B_s..B_{s+K-1}
+            with the CURRENT w, differentiably: x^(K)(w). The target is the
+            agent's own future: x_{t+1}, which took the L - 1 real updates
+            after those K, plus (by default) one step on the outer objective
+            on B_t; x~ = stop_gradient(...). The meta-loss is
+            mu = KL(pi_x~ || pi_x^(K)(w)) over B_t's states, target first.
+  MG:       (Xu et al. 2018, arXiv 1805.09801) R = K + 1. The outer loss on
+            the newest batch B_t at x^(K)(w), the K updates before it
+            recomputed from x_{t-K} with the current w.
+
+Each learner step costs K differentiated updates, one outer step and one
+ordinary update, whatever L is. Until the ring is full (the first R - 1
+steps) the meta-parameters are left as they are (`meta_active` is 0).
+
+`target_data="last_inner"` is an ablation: the batch is split into K
+sub-batches, the agent takes K differentiated steps on them, and BMG's target
+re-steps the last one L - 1 times with the meta-learned rule plus one outer
+step (MG's outer loss reuses it).
 
 The outer objective is the IMPALA loss with the fixed hyperparameters, no
-value term and a fixed entropy cost. Meta-gradients are pmean-ed over the
-device axis and applied with Adam after clipping; agent gradients inside every
-step are pmean-ed as in the fixed learner, so all devices stay identical.
+value term and `outer_entropy_cost`. Meta-gradients are pmean-ed over the
+device axis and applied with Adam after clipping; agent gradients inside
+every step are pmean-ed as in the fixed learner, so all devices stay
+identical. The ring holds the global batch (all-gathered), so it is the same
+on every device and checkpoints like the rest of the state; each device
+recomputes on its own shard.
 """
 
 import functools
@@ -33,61 +49,82 @@ import optax
 from podmeta import learning
 from podmeta import losses
 from podmeta import networks as networks_lib
-from podmeta.config import meta_batch_chunks
 from podmeta.learning import LearnerState
+from podmeta.meta import context as context_lib
+from podmeta.meta.config import MetaConfig
 from podmeta.meta.params import Parameterisation
-from podmeta.replay import Trajectory
+from podmeta.types import Trajectory
 
-METHODS = ("mg", "bmg")
+
+class Ring(NamedTuple):
+  """The last R learner steps, oldest at slot `count % R` once full."""
+  params: Any  # [R, ...] the agent parameters each batch was applied to
+  opt_state: Any  # [R, ...] the optimiser state at those parameters
+  batch: Trajectory  # [R, B, T+1, ...] the global batches
+  context: jnp.ndarray  # [R, window] the meta-network's input at that step
+  count: jnp.ndarray  # int32 scalar: batches pushed so far
 
 
 class MetaState(NamedTuple):
   params: Any  # meta-parameters: unconstrained scalars or meta-network weights
   opt_state: Any  # the meta-optimiser's state
-  # Mean reward per step of the most recent batches, newest first: the context.
-  reward_history: jnp.ndarray
+  context: context_lib.RewardContext
+  ring: Any  # Ring with target_data="online", else ()
 
 
-class MetaOptions(NamedTuple):
-  """How the meta-update is formed; see podmeta.config.MetaConfig for each field."""
-  method: str = "bmg"
-  inner_steps: int = 1
-  target_steps: int = 1
-  target_data: str = "last_inner"
-  continue_from: str = "inner"
-  matching: str = "kl"
-  value_matching_cost: float = 0.5
-  target_update: str = "agent"
-  target_learning_rate: float = 0.1
+def make_meta_optimizer(learning_rate, max_grad_norm: float,
+                        eps: float = 1e-4) -> optax.GradientTransformation:
+  """Adam after global-norm clipping (none when max_grad_norm is 0).
 
-  @property
-  def num_chunks(self) -> int:
-    return meta_batch_chunks(self.method, self.inner_steps, self.target_steps, self.target_data)
+  `learning_rate` may be a traced value: the experiment vmaps over it.
+  """
+  adam = optax.adam(learning_rate, eps=eps)
+  return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam) if max_grad_norm else adam
 
 
-class MetaAux(NamedTuple):
-  """What the meta-objective computes besides the meta-loss."""
-  params: Any  # agent parameters the learner continues from
-  opt_state: Any
-  inner_params: Any  # x^(K), a function of the meta-parameters
-  target_params: Any  # x~ (BMG) or None
-  hyper: Dict[str, jnp.ndarray]  # meta-learned hyperparameter values used
-  inner_loss: losses.LossOutput  # mean over the K inner steps
-  inner_grad_norm: jnp.ndarray
+def init_ring(params, opt_state, batch: Trajectory, window: int, size: int) -> Ring:
+  """Every slot starts as the initial agent, so unused slots compute finite values."""
+  def fill(x):
+    x = jnp.asarray(x)
+    return jnp.broadcast_to(x[None], (size,) + x.shape)
+  return Ring(params=jax.tree.map(fill, params), opt_state=jax.tree.map(fill, opt_state),
+              batch=jax.tree.map(fill, batch), context=jnp.zeros((size, window), jnp.float32),
+              count=jnp.zeros((), jnp.int32))
 
 
-def make_meta_optimizer(learning_rate: float, max_grad_norm: float,
-                        eps: float = 1e-6) -> optax.GradientTransformation:
-  return optax.chain(optax.clip_by_global_norm(max_grad_norm),
-                     optax.adam(learning_rate, eps=eps))
-
-
-def init_meta_state(parameterisation: Parameterisation,
+def init_meta_state(meta: MetaConfig, parameterisation: Parameterisation,
                     meta_optimizer: optax.GradientTransformation, key: jax.Array,
-                    context_window: int) -> MetaState:
+                    params=None, opt_state=None, batch: Optional[Trajectory] = None) -> MetaState:
+  """The meta-state; with `meta.online`, the agent's initial params/opt_state and a
+  zero global batch ([B, T+1, ...]) shape its ring."""
   meta_params = parameterisation.init(key)
+  ring = ()
+  if meta.online:
+    ring = init_ring(params, opt_state, batch, meta.context_window, meta.ring_size)
   return MetaState(params=meta_params, opt_state=meta_optimizer.init(meta_params),
-                   reward_history=jnp.zeros((context_window,), jnp.float32))
+                   context=context_lib.init(meta.context_window), ring=ring)
+
+
+def push(ring: Ring, params, opt_state, batch: Trajectory, context: jnp.ndarray) -> Ring:
+  size = ring.context.shape[0]
+  slot = ring.count % size
+
+  def put(buf, x):
+    return jax.lax.dynamic_update_index_in_dim(buf, jnp.asarray(x, buf.dtype), slot, 0)
+  return Ring(params=jax.tree.map(put, ring.params, params),
+              opt_state=jax.tree.map(put, ring.opt_state, opt_state),
+              batch=jax.tree.map(put, ring.batch, batch), context=put(ring.context, context),
+              count=ring.count + 1)
+
+
+def oldest(ring: Ring, k: int):
+  """(params, opt_state) of the oldest slot, and the batches and contexts of the k oldest."""
+  size = ring.context.shape[0]
+  first = ring.count % size
+  index = (first + jnp.arange(k)) % size
+  take = lambda x: x[first]  # noqa: E731
+  return (jax.tree.map(take, ring.params), jax.tree.map(take, ring.opt_state),
+          jax.tree.map(lambda x: x[index], ring.batch), ring.context[index])
 
 
 def split_chunks(batch: Trajectory, num_chunks: int) -> Trajectory:
@@ -105,10 +142,6 @@ def split_chunks(batch: Trajectory, num_chunks: int) -> Trajectory:
     x = x.reshape((x.shape[0] // num_chunks, num_chunks) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
   return jax.tree.map(split, batch)
-
-
-def _take(chunks: Trajectory, i) -> Trajectory:
-  return jax.tree.map(lambda x: x[i], chunks)
 
 
 def matching_loss(network: networks_lib.Network, target_params, params, observation,
@@ -141,20 +174,27 @@ def hyperparams_from(values: Dict[str, jnp.ndarray], fixed: losses.LossHyperpara
   return fixed._replace(**loss_values), values.get("learning_rate_scale")
 
 
+class MetaObjective(NamedTuple):
+  """The pieces of the meta-objective, bound once to the agent and the meta config.
+
+  `inner(w, params, opt_state, batches, contexts)` runs the len(batches)
+  differentiable updates; `outer_loss(params, batch)` is the MG objective;
+  `target(params, opt_state, batch)` is BMG's bootstrap from the given agent
+  (its outer step, when configured, under stop-gradient); `match(target,
+  params, observation)` is mu.
+  """
+  inner: Callable
+  outer_loss: Callable
+  target: Callable
+  match: Callable
+
+
 def make_meta_objective(network: networks_lib.Network, optimizer: optax.GradientTransformation,
                         parameterisation: Parameterisation, fixed_hyper: losses.LossHyperparams,
-                        outer_hyper: losses.LossHyperparams, options: MetaOptions,
+                        outer_hyper: losses.LossHyperparams, meta: MetaConfig,
                         clip_rho_threshold: float = 1.0, clip_pg_rho_threshold: float = 1.0,
                         max_abs_reward: float = 0.0,
-                        axis_name: Optional[str] = learning.AXIS) -> Callable:
-  """objective(meta_params, params, opt_state, chunks, context) -> (meta_loss, MetaAux).
-
-  `chunks` is a batch split by `split_chunks` into `options.num_chunks` parts.
-  Differentiate it with respect to `meta_params` for the meta-gradient.
-  """
-  if options.method not in METHODS:
-    raise ValueError(f"unknown meta method {options.method!r}")
-  k_steps, l_steps = options.inner_steps, options.target_steps
+                        axis_name: Optional[str] = learning.AXIS) -> MetaObjective:
   loss_args = (clip_rho_threshold, clip_pg_rho_threshold, max_abs_reward)
   step = functools.partial(learning.agent_step, network, optimizer,
                            clip_rho_threshold=clip_rho_threshold,
@@ -162,95 +202,146 @@ def make_meta_objective(network: networks_lib.Network, optimizer: optax.Gradient
                            max_abs_reward=max_abs_reward, axis_name=axis_name)
   sg = jax.lax.stop_gradient
 
-  def run_steps(params, opt_state, chunks, hyper, lr_scale):
-    def body(carry, chunk):
-      out = step(carry[0], carry[1], chunk, hyper, lr_scale)
+  def inner(w, params, opt_state, batches: Trajectory, contexts):
+    def body(carry, xs):
+      batch, context = xs
+      hyper, lr_scale = hyperparams_from(parameterisation.values(w, context), fixed_hyper)
+      out = step(carry[0], carry[1], batch, hyper, lr_scale)
       return (out.params, out.opt_state), (out.loss, out.grad_norm)
-    return jax.lax.scan(body, (params, opt_state), chunks)
+    (params, opt_state), (loss, grad_norm) = jax.lax.scan(
+        body, (params, opt_state), (batches, contexts))
+    return params, opt_state, jax.tree.map(jnp.mean, loss), jnp.mean(grad_norm)
 
-  def outer_step(params, opt_state, chunk):
-    if options.target_update == "agent":
-      return step(params, opt_state, chunk, outer_hyper).params
-    grads, _ = jax.grad(learning.batch_loss, argnums=1, has_aux=True)(
-        network, params, chunk, outer_hyper, *loss_args)
+  def outer_loss(params, batch):
+    return learning.batch_loss(network, params, batch, outer_hyper, *loss_args)[0]
+
+  def target(params, opt_state, batch):
+    params, opt_state = sg(params), sg(opt_state)
+    if not meta.target_outer_step:
+      return params
+    if meta.target_update == "agent":
+      return sg(step(params, opt_state, batch, outer_hyper).params)
+    grads = jax.grad(outer_loss)(params, batch)
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)
-    return jax.tree.map(lambda p, g: p - options.target_learning_rate * g, params, grads)
+    return sg(jax.tree.map(lambda p, g: p - meta.target_learning_rate * g, params, grads))
 
-  def objective(meta_params, params, opt_state, chunks: Trajectory, context=None):
-    values = parameterisation.values(meta_params, context)
-    hyper, lr_scale = hyperparams_from(values, fixed_hyper)
-    inner = jax.tree.map(lambda x: x[:k_steps], chunks)
-    (x_k, opt_k), (inner_loss, inner_gn) = run_steps(params, opt_state, inner, hyper, lr_scale)
-    inner_loss = jax.tree.map(jnp.mean, inner_loss)
-    last_inner = _take(chunks, k_steps - 1)
-    next_params, next_opt, target = x_k, opt_k, None
-    if options.method == "mg":
-      outer = last_inner if options.target_data == "last_inner" else _take(chunks, k_steps)
-      meta_loss, _ = learning.batch_loss(network, x_k, outer, outer_hyper, *loss_args)
-    else:
-      if options.target_data == "last_inner":
-        target_chunks = jax.tree.map(
-            lambda x: jnp.broadcast_to(x[k_steps - 1], (l_steps,) + x.shape[1:]), chunks)
-      else:
-        target_chunks = jax.tree.map(lambda x: x[k_steps:k_steps + l_steps], chunks)
-      # The bootstrap sees the meta-learned rule's values but not their
-      # dependence on w: no gradient may flow into the target.
-      tp, topt = sg(x_k), sg(opt_k)
-      if l_steps > 1:
-        (tp, topt), _ = run_steps(tp, topt, jax.tree.map(lambda x: x[:l_steps - 1], target_chunks),
-                                  jax.tree.map(sg, hyper), sg(lr_scale) if lr_scale is not None
-                                  else None)
-      if options.continue_from == "target":
-        next_params, next_opt = tp, topt
-      last_target = _take(target_chunks, l_steps - 1)
-      target = sg(outer_step(tp, topt, last_target))
-      meta_loss = matching_loss(network, target, x_k, last_target.observation,
-                                options.matching, options.value_matching_cost)
-    aux = MetaAux(params=next_params, opt_state=next_opt, inner_params=x_k,
-                  target_params=target, hyper=values, inner_loss=inner_loss,
-                  inner_grad_norm=jnp.mean(inner_gn))
-    return meta_loss, aux
+  def match(target_params, params, observation):
+    return matching_loss(network, target_params, params, observation, meta.matching,
+                         meta.value_matching_cost)
 
-  return objective
+  return MetaObjective(inner=inner, outer_loss=outer_loss, target=target, match=match)
 
 
 def make_meta_update_fn(network: networks_lib.Network, optimizer: optax.GradientTransformation,
                         parameterisation: Parameterisation,
                         meta_optimizer: optax.GradientTransformation,
                         fixed_hyper: losses.LossHyperparams, outer_hyper: losses.LossHyperparams,
-                        options: MetaOptions, clip_rho_threshold: float = 1.0,
+                        meta: MetaConfig, clip_rho_threshold: float = 1.0,
                         clip_pg_rho_threshold: float = 1.0, max_abs_reward: float = 0.0,
+                        max_grad_norm: float = 0.0,
                         axis_name: Optional[str] = learning.AXIS):
-  """The pure learner step with meta-learned hyperparameters (state.meta: MetaState)."""
+  """The pure learner step with meta-learned hyperparameters (state.meta: MetaState).
+
+  `max_grad_norm` (the agent optimiser's clip) only feeds the `grad_clipped`
+  metric. The hyperparameter arguments may hold traced values.
+  """
   objective = make_meta_objective(network, optimizer, parameterisation, fixed_hyper,
-                                  outer_hyper, options, clip_rho_threshold,
+                                  outer_hyper, meta, clip_rho_threshold,
                                   clip_pg_rho_threshold, max_abs_reward, axis_name)
+  step = functools.partial(learning.agent_step, network, optimizer,
+                           clip_rho_threshold=clip_rho_threshold,
+                           clip_pg_rho_threshold=clip_pg_rho_threshold,
+                           max_abs_reward=max_abs_reward, axis_name=axis_name)
+  k_steps, l_steps = meta.inner_steps, meta.target_steps
 
   def pmean(x):
     return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
+  def local_shard(global_batch: Trajectory, local_size: int) -> Trajectory:
+    """This device's part of a batch all-gathered along axis 1 ([n, B, ...])."""
+    if axis_name is None:
+      return global_batch
+    start = jax.lax.axis_index(axis_name) * local_size
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, local_size, 1),
+                        global_batch)
+
+  def online(state: LearnerState, batch: Trajectory, w, context_t, hyper_t, lr_scale_t):
+    """The agent's ordinary update, then the meta-gradient over the ring."""
+    agent = step(state.params, state.opt_state, batch, hyper_t, lr_scale_t)
+    global_batch = batch if axis_name is None else jax.tree.map(
+        lambda x: jax.lax.all_gather(x, axis_name, tiled=True), batch)
+    ring = push(state.meta.ring, state.params, state.opt_state, global_batch, context_t)
+    x_s, opt_s, inner_batches, inner_contexts = oldest(ring, k_steps)
+    inner_batches = local_shard(inner_batches, batch.reward.shape[0])
+    target = (objective.target(agent.params, agent.opt_state, batch)
+              if meta.method == "bmg" else None)
+
+    def meta_loss_fn(w):
+      x_k = objective.inner(w, x_s, opt_s, inner_batches, inner_contexts)[0]
+      if meta.method == "mg":
+        return objective.outer_loss(x_k, batch)
+      return objective.match(target, x_k, batch.observation)
+
+    meta_loss, grads = jax.value_and_grad(meta_loss_fn)(w)
+    active = ring.count >= ring.context.shape[0]
+    return agent.params, agent.opt_state, agent.loss, agent.grad_norm, ring, meta_loss, grads, active
+
+  def restep(state: LearnerState, batch: Trajectory, w, context_t):
+    """The ablation: K differentiated steps on sub-batches, target re-stepped on the last."""
+    chunks = split_chunks(batch, k_steps)
+    contexts = jnp.broadcast_to(context_t, (k_steps,) + context_t.shape)
+    last = jax.tree.map(lambda x: x[k_steps - 1], chunks)
+
+    def meta_loss_fn(w):
+      x_k, opt_k, loss, grad_norm = objective.inner(w, state.params, state.opt_state, chunks,
+                                                    contexts)
+      if meta.method == "mg":
+        value = objective.outer_loss(x_k, last)
+      else:
+        tp, topt = jax.lax.stop_gradient((x_k, opt_k))
+        if l_steps > 1:
+          repeated = jax.tree.map(lambda x: jnp.broadcast_to(x, (l_steps - 1,) + x.shape), last)
+          tp, topt, _, _ = objective.inner(jax.lax.stop_gradient(w), tp, topt, repeated,
+                                           contexts[:1].repeat(l_steps - 1, 0))
+        value = objective.match(objective.target(tp, topt, last), x_k, last.observation)
+      return value, (x_k, opt_k, loss, grad_norm)
+
+    (meta_loss, (x_k, opt_k, loss, grad_norm)), grads = jax.value_and_grad(
+        meta_loss_fn, has_aux=True)(w)
+    return x_k, opt_k, loss, grad_norm, (), meta_loss, grads, jnp.bool_(True)
+
   def update(state: LearnerState, batch: Trajectory) -> Tuple[LearnerState, Dict]:
-    meta: MetaState = state.meta
-    # The context: mean reward per step of this and the previous batches.
+    ms: MetaState = state.meta
     batch_reward = pmean(jnp.mean(batch.reward[:, 1:].astype(jnp.float32)))
-    history = jnp.concatenate([batch_reward[None], meta.reward_history[:-1]])
-    chunks = split_chunks(batch, options.num_chunks)
-    (meta_loss, aux), meta_grads = jax.value_and_grad(objective, has_aux=True)(
-        meta.params, state.params, state.opt_state, chunks, history)
-    meta_grads = pmean(meta_grads)
-    updates, meta_opt_state = meta_optimizer.update(meta_grads, meta.opt_state, meta.params)
-    new_meta = MetaState(params=optax.apply_updates(meta.params, updates),
-                         opt_state=meta_opt_state, reward_history=history)
-    metrics = dict(aux.inner_loss._asdict())
-    metrics["grad_norm"] = aux.inner_grad_norm
+    ctx = context_lib.push(ms.context, batch_reward)
+    context_t = context_lib.features(ctx, meta.context_normalisation)
+    values_t = parameterisation.values(ms.params, context_t)
+    hyper_t, lr_scale_t = hyperparams_from(values_t, fixed_hyper)
+    if meta.online:
+      out = online(state, batch, ms.params, context_t, hyper_t, lr_scale_t)
+    else:
+      out = restep(state, batch, ms.params, context_t)
+    params, opt_state, loss, grad_norm, ring, meta_loss, meta_grads, active = out
+    # Before the ring is full the meta-parameters and their optimiser wait;
+    # what was computed from the ring's initial filling is discarded.
+    meta_grads = jax.tree.map(lambda g: jnp.where(active, g, 0.0), pmean(meta_grads))
+    meta_loss = jnp.where(active, pmean(meta_loss), 0.0)
+    updates, meta_opt_state = meta_optimizer.update(meta_grads, ms.opt_state, ms.params)
+    moved = optax.apply_updates(ms.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)  # noqa: E731
+    new_meta = MetaState(params=keep(moved, ms.params),
+                         opt_state=keep(meta_opt_state, ms.opt_state), context=ctx, ring=ring)
+    metrics = dict(loss._asdict())
+    metrics["grad_norm"] = grad_norm
+    metrics["grad_clipped"] = learning.clipped(grad_norm, max_grad_norm)
     metrics["meta_loss"] = meta_loss
     metrics["meta_grad_norm"] = optax.global_norm(meta_grads)
-    metrics["meta_context"] = jnp.mean(history)
-    metrics.update({f"meta/{name}": value for name, value in aux.hyper.items()})
+    metrics["meta_active"] = active.astype(jnp.float32)
+    metrics["meta_context"] = jnp.mean(context_t)
+    metrics.update({f"meta/{name}": value for name, value in values_t.items()})
     metrics = pmean(metrics)
-    return LearnerState(params=aux.params, opt_state=aux.opt_state, step=state.step + 1,
+    return LearnerState(params=params, opt_state=opt_state, step=state.step + 1,
                         meta=new_meta), metrics
 
   return update
-

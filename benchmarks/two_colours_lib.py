@@ -1,0 +1,345 @@
+"""The grid-world experiment's settings, jitted runner and resumable jobs.
+
+The command line is benchmarks/two_colours.py (its docstring describes the
+protocol); the report is benchmarks/two_colours_report.py.
+"""
+
+import dataclasses
+import functools
+import glob
+import hashlib
+import json
+import os
+import pickle
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs
+from envs import two_colours
+from podmeta import builder
+from podmeta import learning
+from podmeta.config import Config
+from podmeta.meta import update as meta_update
+from podmeta.types import Trajectory
+
+# The agent of Luketina et al. 2022 (Sec. 4, App. A, Table 3): separate 2x256
+# ReLU policy and value MLPs, SGD at 0.1, an update every 16 steps on that
+# rollout, discount 0.99.
+AGENT = dict(
+    env_id=two_colours.ENV_ID, hidden_sizes=(256, 256), shared_torso=False, optimizer="sgd",
+    learning_rate=0.1, max_grad_norm=1.0, unroll_length=16, batch_size=1, discount=0.99,
+    vtrace_lambda=1.0, baseline_cost=1.0, entropy_cost=0.0,
+    # Unused here (no actors, replay or launch) but must validate.
+    replay_max_size=64, min_replay_size=1, max_env_steps=1)
+
+# Meta-learning: only the entropy cost, a sigmoid in (0, 1) starting in the
+# middle; with context, the 2x64 ReLU meta-network pre-trained to output it.
+META = dict(hyperparams={"entropy_cost": {"init": 0.5, "low": 0.0, "high": 1.0}},
+            context_window=10, context_normalisation="lifetime", meta_hidden_sizes=(64, 64),
+            meta_pretrain_steps=1000, adam_eps=1e-4, max_grad_norm=1.0,
+            target_data="online", matching="kl", target_update="agent")
+
+FIXED_COSTS = (0.0, 0.1, 0.2, 0.4, 0.8)
+META_LRS = (1e-3, 1e-4, 1e-5, 1e-6)
+KS = (1, 3, 6)
+LS = (8, 16)
+MG_OUTER_ENTROPY = (0.0, 0.1)
+METHODS = ("fixed", "mg", "mg_ctx", "bmg", "bmg_ctx")
+HEADLINE = ("fixed", "mg_ctx", "bmg_ctx")
+FINAL_SEED0 = 100  # final runs use seeds no tuning run saw
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One point of a method's grid."""
+  method: str  # one of METHODS
+  entropy_cost: float = 0.0  # fixed
+  meta_lr: float = 0.0
+  k: int = 1
+  l: int = 1  # BMG's target steps
+  outer_entropy: float = 0.0  # MG's outer entropy weight
+
+  @property
+  def name(self) -> str:
+    if self.method == "fixed":
+      return f"fixed-ec{self.entropy_cost:g}"
+    tail = f"L{self.l}" if self.method.startswith("bmg") else f"oe{self.outer_entropy:g}"
+    return f"{self.method}-lr{self.meta_lr:.0e}-K{self.k}-{tail}"
+
+  @property
+  def program(self) -> Tuple:
+    """Settings with the same program differ only in vmapped values."""
+    return (self.method, self.k, self.l, self.outer_entropy)
+
+  @property
+  def lane_value(self) -> float:
+    return self.entropy_cost if self.method == "fixed" else self.meta_lr
+
+  def overrides(self) -> dict:
+    if self.method == "fixed":
+      return dict(entropy_cost=self.entropy_cost)
+    meta = dict(META, method=self.method.replace("_ctx", ""), learning_rate=self.meta_lr,
+                inner_steps=self.k, context="reward" if self.method.endswith("_ctx") else "none")
+    if self.method.startswith("bmg"):
+      meta.update(target_steps=self.l, outer_entropy_cost=0.0)
+    else:
+      meta.update(outer_entropy_cost=self.outer_entropy)
+    return dict(meta=meta)
+
+  def config(self, seed: int = 0) -> Config:
+    return Config.from_mapping({**AGENT, **self.overrides(), "seed": seed})
+
+
+def grid(method: str) -> List[Setting]:
+  """The paper's sweep for a method (Luketina et al. App. A.3)."""
+  if method == "fixed":
+    return [Setting("fixed", entropy_cost=e) for e in FIXED_COSTS]
+  if method.startswith("mg"):
+    return [Setting(method, meta_lr=lr, k=k, outer_entropy=oe)
+            for oe in MG_OUTER_ENTROPY for k in KS for lr in META_LRS]
+  return [Setting(method, meta_lr=lr, k=k, l=l) for l in LS for k in KS for lr in META_LRS]
+
+
+# -- the jitted runner -----------------------------------------------------------
+
+def make_runner(config: Config, swap_every: int, learner_steps_per_point: int):
+  """jit(vmap(run)): advances every lane by one curve point.
+
+  run(carry, value) takes the lane's fixed entropy cost (fixed) or meta
+  learning rate (meta) as a traced value, so settings that differ only in it
+  share the program.
+  """
+  spec = envs.env_spec(config.env_id)
+  network, optimizer = builder.make_network(config, spec), builder.make_optimizer(config)
+  clip = dict(clip_rho_threshold=config.clip_rho_threshold,
+              clip_pg_rho_threshold=config.clip_pg_rho_threshold,
+              max_abs_reward=config.max_abs_reward, max_grad_norm=config.max_grad_norm)
+  m = config.meta
+  parameterisation = builder.make_parameterisation(config) if m.enabled else None
+  n_chunks, t = config.batch_size, config.unroll_length
+  env_step = functools.partial(two_colours.step, swap_every=swap_every)
+
+  def make_update(value):
+    if not m.enabled:
+      hyper = builder.loss_hyperparams(config)._replace(entropy_cost=value)
+      return learning.make_update_fn(network, optimizer, hyper, axis_name=None, **clip)
+    meta_optimizer = meta_update.make_meta_optimizer(value, m.max_grad_norm, m.adam_eps)
+    return meta_update.make_meta_update_fn(
+        network, optimizer, parameterisation, meta_optimizer, builder.loss_hyperparams(config),
+        builder.outer_hyperparams(config), m, axis_name=None, **clip)
+
+  def act(carry, _):
+    env_state, obs, params, key = carry
+    key, k_act, k_env = jax.random.split(key, 3)
+    logits, _ = network.apply(params, obs[None])
+    action = jax.random.categorical(k_act, logits[0]).astype(jnp.int32)
+    env_state, next_obs, reward = env_step(env_state, action, k_env)
+    return (env_state, next_obs, params, key), (obs, action, logits[0], reward)
+
+  def run(carry, value):
+    update = make_update(value)
+
+    def learner_step(carry, _):
+      env_state, obs, learner_state, key = carry
+      (env_state, last_obs, _, key), (o, a, lg, r) = jax.lax.scan(
+          act, (env_state, obs, learner_state.params, key), None, length=n_chunks * t)
+      # One continuing stream cut into n_chunks unrolls of t transitions that
+      # share their boundary observations; reward_t arrives with x_t.
+      obs_all = jnp.concatenate([o, last_obs[None]])
+      act_all = jnp.concatenate([a, jnp.zeros((1,), jnp.int32)])
+      logits_all = jnp.concatenate([lg, lg[-1:]])
+      rew_all = jnp.concatenate([jnp.zeros((1,), jnp.float32), r])
+      idx = jnp.arange(n_chunks)[:, None] * t + jnp.arange(t + 1)[None]
+      batch = Trajectory(
+          observation=obs_all[idx], action=act_all[idx], reward=rew_all[idx],
+          discount=jnp.ones(idx.shape, jnp.float32), is_first=jnp.zeros(idx.shape, bool),
+          behaviour_logits=logits_all[idx], policy_version=jnp.zeros(idx.shape, jnp.int32))
+      learner_state, metrics = update(learner_state, batch)
+      out = {"reward": jnp.sum(r), "entropy": metrics["entropy"],
+             "grad_clipped": metrics["grad_clipped"],
+             "entropy_cost": metrics.get("meta/entropy_cost", value)}
+      return (env_state, last_obs, learner_state, key), out
+
+    carry, out = jax.lax.scan(learner_step, carry, None, length=learner_steps_per_point)
+    return carry, {"reward": jnp.sum(out["reward"]), "entropy": jnp.mean(out["entropy"]),
+                   "entropy_cost": jnp.mean(out["entropy_cost"]),
+                   "grad_clipped": jnp.mean(out["grad_clipped"])}
+
+  return jax.jit(jax.vmap(run))
+
+
+def initial_carry(settings: Sequence[Setting], seeds: Sequence[int]):
+  """Each lane's env, learner state and key, stacked: lane i is (settings[i], seeds[i])."""
+  carries = []
+  for setting, seed in zip(settings, seeds):
+    config = setting.config(seed)
+    _, state = builder.make_update_and_state(config, envs.env_spec(config.env_id),
+                                             axis_name=None)
+    key = jax.random.PRNGKey(10_000 + seed)
+    key, k_env = jax.random.split(key)
+    env_state, obs = two_colours.reset(k_env)
+    carries.append((env_state, obs, state, key))
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *carries)
+
+
+CURVES = ("reward", "entropy", "entropy_cost", "grad_clipped")
+
+
+def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log_every: int,
+              swap_every: int, partial_path: Optional[str] = None,
+              save_every_seconds: float = 600.0, deadline: Optional[float] = None
+              ) -> Optional[List[dict]]:
+  """Runs lanes (settings[i], seeds[i]) of one program; a result dict per lane.
+
+  With `partial_path`, the lanes' state is saved there every
+  `save_every_seconds` and picked up again by a later call. Returns None if
+  `deadline` (time.time()) passed first (the state is saved).
+  """
+  assert len({s.program for s in settings}) == 1, "lanes must share one program"
+  config = settings[0].config()
+  steps_per_update = config.batch_size * config.unroll_length
+  per_point = max(1, log_every // steps_per_update)
+  point_steps = per_point * steps_per_update
+  points = max(1, steps // point_steps)
+  runner = make_runner(config, swap_every, per_point)
+  values = jnp.asarray([s.lane_value for s in settings], jnp.float32)
+  curves = {k: [] for k in CURVES}
+  done, seconds = 0, 0.0
+  if partial_path and os.path.exists(partial_path):
+    with open(partial_path, "rb") as f:
+      saved = pickle.load(f)
+    carry, curves, done, seconds = saved["carry"], saved["curves"], saved["done"], saved["seconds"]
+    logging.info("resuming %s at point %d/%d", partial_path, done, points)
+  else:
+    carry = initial_carry(settings, seeds)
+  start = last_log = last_save = time.time()
+  first = done
+  label = f"{settings[0].program} x{len(settings)} lanes"
+  while done < points:
+    carry, out = runner(carry, values)
+    out = jax.device_get(out)
+    for k in CURVES:
+      curves[k].append(np.asarray(out[k]))
+    done += 1
+    now = time.time()
+    if now - last_log > 60 or done == points:
+      last_log = now
+      logging.info("%s: %d/%d env steps per lane, %.0f steps/s summed over lanes, "
+                   "reward/step %.3f", label, done * point_steps, points * point_steps,
+                   (done - first) * point_steps * len(settings) / (now - start),
+                   float(np.mean(curves["reward"][-1])) / point_steps)
+    out_of_time = deadline is not None and now > deadline and done < points
+    if partial_path and (now - last_save > save_every_seconds or out_of_time):
+      last_save = now
+      _save_partial(partial_path, carry, curves, done, seconds + now - start)
+    if out_of_time:
+      return None
+  seconds += time.time() - start
+  if partial_path and os.path.exists(partial_path):
+    os.remove(partial_path)
+  results = []
+  for i, (setting, seed) in enumerate(zip(settings, seeds)):
+    results.append({
+        "setting": setting.name, "method": setting.method, "seed": int(seed),
+        "spec": dataclasses.asdict(setting), "point_steps": point_steps,
+        "env_steps": points * point_steps, "swap_every": swap_every,
+        "lanes": len(settings), "program_seconds": seconds,
+        **{k: [float(np.asarray(v)[i]) for v in curves[k]] for k in CURVES}})
+  return results
+
+
+def _save_partial(path, carry, curves, done, seconds):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    pickle.dump({"carry": jax.device_get(carry), "curves": curves, "done": done,
+                 "seconds": seconds}, f)
+  os.replace(tmp, path)
+
+
+# -- the protocol ----------------------------------------------------------------
+
+def shard_path(out: str, phase: str, setting: Setting, seed: int) -> str:
+  return os.path.join(out, phase, setting.name, f"seed{seed}.json")
+
+
+def load_shards(out: str, phase: str) -> List[dict]:
+  shards = []
+  for path in sorted(glob.glob(os.path.join(out, phase, "*", "seed*.json"))):
+    with open(path) as f:
+      shards.append(json.load(f))
+  return shards
+
+
+def reward_per_step(shard: dict) -> float:
+  return float(np.sum(shard["reward"]) / shard["env_steps"])
+
+
+def best_settings(out: str, methods: Sequence[str]) -> Dict[str, Setting]:
+  """Each method's tuning winner (highest mean reward per step over its tuning seeds)."""
+  by_setting: Dict[str, List[dict]] = {}
+  for shard in load_shards(out, "tune"):
+    by_setting.setdefault(shard["setting"], []).append(shard)
+  best = {}
+  for method in methods:
+    scored = [(np.mean([reward_per_step(s) for s in by_setting[st.name]]), st)
+              for st in grid(method) if st.name in by_setting]
+    if scored and len(scored) == len(grid(method)):
+      best[method] = max(scored, key=lambda x: x[0])[1]
+  return best
+
+
+def _estimated_cost(group) -> float:
+  setting, steps = group[0][1], group[0][3]
+  per_step = 1.0 if setting.method == "fixed" else 3.0 * setting.k + 2.0
+  return len(group) * steps * per_step
+
+
+def assign(groups: Sequence, workers: int) -> List[List]:
+  """Longest-processing-time-first split of the program groups over workers."""
+  loads, shares = [0.0] * workers, [[] for _ in range(workers)]
+  for group in sorted(groups, key=_estimated_cost, reverse=True):
+    i = int(np.argmin(loads))
+    loads[i] += _estimated_cost(group)
+    shares[i].append(group)
+  return shares
+
+
+def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int,
+             swap_every: int, save_every_seconds: float, deadline: Optional[float],
+             worker: Tuple[int, int] = (0, 1)) -> bool:
+  """jobs: (phase, setting, seed, steps). Runs those without a shard, grouped by program.
+
+  `worker` = (index, count): this process runs its share of the groups.
+  Returns False if the deadline stopped it.
+  """
+  todo = [j for j in jobs if not os.path.exists(shard_path(out, j[0], j[1], j[2]))]
+  groups: Dict[Tuple, List] = {}
+  for job in todo:
+    groups.setdefault((job[0], job[1].program, job[3]), []).append(job)
+  for group in assign(list(groups.values()), worker[1])[worker[0]]:
+    phase, steps = group[0][0], group[0][3]
+    settings = [j[1] for j in group]
+    seeds = [j[2] for j in group]
+    key = "-".join(str(p) for p in settings[0].program) + f"-{steps}-" + "_".join(
+        f"{s.lane_value:g}x{seed}" for s, seed in zip(settings, seeds))
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    partial = os.path.join(out, "_partial", phase, f"{digest}.pkl")
+    logging.info("%s: %s, %d lanes x %d env steps", phase, settings[0].method, len(group), steps)
+    results = run_lanes(settings, seeds, steps, log_every, swap_every, partial,
+                        save_every_seconds, deadline)
+    if results is None:
+      return False
+    for (ph, setting, seed, _), result in zip(group, results):
+      path = shard_path(out, ph, setting, seed)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      tmp = path + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(result, f)
+      os.replace(tmp, path)
+  return True

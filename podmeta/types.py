@@ -1,0 +1,54 @@
+"""Types shared by the actors, the replay and the learner; no Reverb or TF here.
+
+The trajectory schema is defined once (`Trajectory`, `trajectory_spec`) and
+used by the writer (actors), the reader (learner) and the meta-learning ring
+buffer, so that code which only does math imports neither Reverb nor
+TensorFlow.
+"""
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+
+class Trajectory(NamedTuple):
+  """One unroll (leading axis T+1), or a batch of them ([B, T+1, ...]).
+
+  At step t: `observation` x_t; `reward` and `discount` (0 if x_t is a terminal
+  observation, else 1) arrived with x_t; `is_first` marks x_t as an episode's
+  first observation; `action` a_t was taken at x_t with `behaviour_logits`;
+  `policy_version` is the learner step of the parameters that chose a_t.
+  """
+  observation: np.ndarray
+  action: np.ndarray
+  reward: np.ndarray
+  discount: np.ndarray
+  is_first: np.ndarray
+  behaviour_logits: np.ndarray
+  policy_version: np.ndarray
+
+
+class Spec(NamedTuple):
+  shape: tuple
+  dtype: np.dtype
+
+
+def trajectory_spec(obs_shape: Sequence[int], obs_dtype, num_actions: int,
+                    unroll_length: int, group: int = 1) -> Trajectory:
+  """Shapes and dtypes of one replay item: `group` unrolls of T+1 steps, time-major."""
+  n = (unroll_length + 1, group)
+  return Trajectory(
+      observation=Spec(n + tuple(obs_shape), np.dtype(obs_dtype)),
+      action=Spec(n, np.dtype(np.int32)),
+      reward=Spec(n, np.dtype(np.float32)),
+      discount=Spec(n, np.dtype(np.float32)),
+      is_first=Spec(n, np.dtype(np.bool_)),
+      behaviour_logits=Spec(n + (num_actions,), np.dtype(np.float32)),
+      policy_version=Spec(n, np.dtype(np.int32)),
+  )
+
+
+def zeros_batch(spec: Trajectory, batch_size: int) -> Trajectory:
+  """A batch-major [batch_size, T+1, ...] batch of zeros for an item spec (time-major)."""
+  return Trajectory(*[np.zeros((batch_size, s.shape[0]) + tuple(s.shape[2:]), s.dtype)
+                      for s in spec])
