@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= launch/configs/cartpole_impala.py
 ARGS ?=
 
-.PHONY: setup train test bench bench-actors results lock clean
+.PHONY: setup train test bench bench-actors results recovery lock clean
 
 setup:
 	@bash scripts/install.sh
@@ -23,9 +23,14 @@ bench: setup
 bench-actors: setup
 	$(PY) -m benchmarks.actor_scaling $(ARGS)
 
-# The BMG paper's grid-world comparison; rewrites RESULTS.md (about 70 minutes on 2 cores).
+# The BMG paper's grid-world protocol (tuning, then 10M-step runs; many hours on 2 cores,
+# resumable: ARGS="--max_minutes=60" stops cleanly and the next call continues).
 results: setup
 	$(PY) -m benchmarks.two_colours $(ARGS)
+
+# BMG recovering a poor CartPole learning rate in the distributed trainer (~10 minutes).
+recovery: setup
+	$(PY) -m benchmarks.cartpole_recovery $(ARGS)
 
 # Regenerates requirements.lock from pyproject.toml (needs `uv` on PATH).
 lock:

@@ -23,10 +23,11 @@ vmapped together as "lanes".
 
 Resumable: each (setting, seed) writes a shard
 benchmarks/results/two_colours/<phase>/<setting>/seed<k>.json when it
-finishes, and a running program saves its lanes' state every
-`--save_every_minutes` under benchmarks/results/two_colours/_partial/ (not
-committed); a stopped run continues from both.
+finishes (committed), and a running program saves its lanes' state every
+`--save_every_minutes` under `--partial_dir` (~/.cache/podmeta/two_colours;
+hundreds of MB, outside the repository); a stopped run continues from both.
 """
+
 import os
 import subprocess
 import sys
@@ -56,6 +57,9 @@ _MAX_MINUTES = flags.DEFINE_float("max_minutes", 0.0,
 _DEADLINE = flags.DEFINE_float("deadline_unix", 0.0, "Internal: the parent's --max_minutes.")
 _SAVE_EVERY = flags.DEFINE_float("save_every_minutes", 10.0, "Partial-state save interval.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/two_colours", "Shard directory.")
+_PARTIAL = flags.DEFINE_string(
+    "partial_dir", os.path.join(os.path.expanduser("~"), ".cache", "podmeta", "two_colours"),
+    "Where running programs save their lanes' state (large; outside the repository).")
 _RESULTS = flags.DEFINE_string("results_md", "RESULTS.md", "Markdown file to update.")
 _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw the table and plots from the shards.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes sharing the programs (one per core).")
@@ -115,8 +119,8 @@ def main(argv):
   if _WORKER_INDEX.value >= 0:  # one worker's share of one phase
     deadline = _DEADLINE.value or None
     finished = lib.run_jobs(phase_jobs(_PHASE.value, methods, out), out, _LOG_EVERY.value,
-                        _SWAP_EVERY.value, 60 * _SAVE_EVERY.value, deadline,
-                        (_WORKER_INDEX.value, _WORKERS.value))
+                            _SWAP_EVERY.value, 60 * _SAVE_EVERY.value, deadline,
+                            (_WORKER_INDEX.value, _WORKERS.value), partial_dir=_PARTIAL.value)
     sys.exit(0 if finished else 3)
   deadline = time.time() + 60 * _MAX_MINUTES.value if _MAX_MINUTES.value else None
   if not _REPLOT.value:

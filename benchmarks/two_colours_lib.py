@@ -312,10 +312,11 @@ def assign(groups: Sequence, workers: int) -> List[List]:
 
 def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int,
              swap_every: int, save_every_seconds: float, deadline: Optional[float],
-             worker: Tuple[int, int] = (0, 1)) -> bool:
+             worker: Tuple[int, int] = (0, 1), partial_dir: Optional[str] = None) -> bool:
   """jobs: (phase, setting, seed, steps). Runs those without a shard, grouped by program.
 
   `worker` = (index, count): this process runs its share of the groups.
+  Running programs save their state under `partial_dir` (default: out/_partial).
   Returns False if the deadline stopped it.
   """
   todo = [j for j in jobs if not os.path.exists(shard_path(out, j[0], j[1], j[2]))]
@@ -329,7 +330,7 @@ def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int
     key = "-".join(str(p) for p in settings[0].program) + f"-{steps}-" + "_".join(
         f"{s.lane_value:g}x{seed}" for s, seed in zip(settings, seeds))
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    partial = os.path.join(out, "_partial", phase, f"{digest}.pkl")
+    partial = os.path.join(partial_dir or os.path.join(out, "_partial"), phase, f"{digest}.pkl")
     logging.info("%s: %s, %d lanes x %d env steps", phase, settings[0].method, len(group), steps)
     results = run_lanes(settings, seeds, steps, log_every, swap_every, partial,
                         save_every_seconds, deadline)

@@ -1,0 +1,153 @@
+r"""BMG recovering a poor hyperparameter in the distributed trainer (CartPole).
+
+  python -m benchmarks.cartpole_recovery              # `make recovery`; ~10 min on 2 cores
+
+Three configurations, each a real `launch.train` run (local_mt, 2 actors) for
+`--steps` env steps and `--seeds` seeds:
+
+* tuned fixed: launch/configs/cartpole_impala.py as it is (learning rate 2e-3);
+* poor fixed: the same with the learning rate scaled by `--poor_scale` (0.1);
+* BMG from poor: launch/configs/cartpole_bmg_recovery.py, the same poor
+  start, with online BMG meta-learning the learning-rate scale (sigmoid in
+  [0.01, 2], from `--poor_scale`), K = 1, L = 4, KL matching, the
+  meta-objective the policy gradient.
+
+Writes the table between the cartpole_recovery markers of RESULTS.md and
+benchmarks/results/cartpole_recovery.{json,png}.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Dict, List
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from benchmarks import markdown
+from podmeta import loggers
+
+_STEPS = flags.DEFINE_integer("steps", 600_000, "Env steps per run.")
+_SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per configuration.")
+_POOR = flags.DEFINE_float("poor_scale", 0.1, "The poor start: this times the tuned learning rate.")
+_OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for json and plot.")
+_RESULTS = flags.DEFINE_string("results_md", "RESULTS.md", "Markdown file to update.")
+_REPLOT = flags.DEFINE_bool("replot", False, "Only redraw from the saved json.")
+
+BEGIN, END = "<!-- cartpole_recovery:begin -->", "<!-- cartpole_recovery:end -->"
+TUNED_LR = 2e-3  # launch/configs/cartpole_impala.py
+THRESHOLD = 400.0
+
+
+def runs(poor: float) -> Dict[str, List[str]]:
+  """Label -> launch.train arguments."""
+  base = ["--config=launch/configs/cartpole_impala.py"]
+  bmg = ["--config=launch/configs/cartpole_bmg_recovery.py",
+         f"--config.meta.hyperparams.learning_rate_scale.init={poor}"]
+  return {
+      "tuned fixed (lr 2e-3)": base,
+      f"poor fixed (lr x{poor:g})": base + [f"--config.learning_rate={TUNED_LR * poor}"],
+      f"BMG from poor (lr scale {poor:g}, meta-learned)": bmg,
+  }
+
+
+def run_one(args: List[str], seed: int, steps: int) -> Dict[str, list]:
+  with tempfile.TemporaryDirectory() as run_dir:
+    # The config file (first in args) must precede every --config.<field>.
+    cmd = [sys.executable, "-m", "launch.train", f"--run_dir={run_dir}", "--num_actors=2",
+           *args, f"--config.seed={seed}", f"--config.max_env_steps={steps}",
+           "--config.eval_episodes=0", "--config.log_every_seconds=1"]
+    logging.info("running %s", " ".join(cmd[2:]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+      raise RuntimeError(f"run failed ({proc.returncode}): {proc.stdout[-2000:]}")
+    log = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
+    with open(os.path.join(run_dir, "summary.json")) as f:
+      summary = json.load(f)
+  keep = {k: np.nan_to_num(log[k], nan=-1.0).tolist() for k in
+          ("env_steps", "episode_return_mean", "meta/learning_rate_scale") if k in log}
+  keep["final_return"] = summary["episode_return_mean"]
+  keep["wall_seconds"] = summary["wall_seconds"]
+  return keep
+
+
+def first_crossing(result) -> float:
+  ret = np.asarray(result["episode_return_mean"])
+  hit = np.nonzero(ret >= THRESHOLD)[0]
+  return float(result["env_steps"][hit[0]]) if len(hit) else float("nan")
+
+
+def table(results: Dict[str, List[dict]], steps: int) -> str:
+  rows = [f"| configuration | seeds | final return (last 100 episodes) | env steps to a return of "
+          f"{THRESHOLD:.0f} | final learning-rate scale |", "|---|---|---|---|---|"]
+  for label, seeds in results.items():
+    final = [r["final_return"] for r in seeds]
+    cross = [first_crossing(r) for r in seeds]
+    reached = [c for c in cross if np.isfinite(c)]
+    cross_text = (f"{np.mean(reached):,.0f} ({len(reached)} of {len(seeds)} seeds)" if reached
+                  else f"not within {steps:,}")
+    scale = [r["meta/learning_rate_scale"][-1] for r in seeds if "meta/learning_rate_scale" in r]
+    scale_text = " / ".join(f"{s:.2f}" for s in scale) if scale else "(fixed)"
+    rows.append(f"| {label} | {len(seeds)} | {' / '.join(f'{f:.0f}' for f in final)} | "
+                f"{cross_text} | {scale_text} |")
+  return "\n".join(rows)
+
+
+def plot(results: Dict[str, List[dict]], path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for i, (label, seeds) in enumerate(results.items()):
+    for j, r in enumerate(seeds):
+      x = np.asarray(r["env_steps"])
+      y = np.asarray(r["episode_return_mean"], float)
+      y[y < 0] = np.nan
+      axes[0].plot(x, y, color=f"C{i}", lw=1, label=label if j == 0 else None)
+      if "meta/learning_rate_scale" in r:
+        axes[1].plot(x, r["meta/learning_rate_scale"], color=f"C{i}", lw=1,
+                     label=label if j == 0 else None)
+  axes[0].set_xlabel("env steps")
+  axes[0].set_ylabel("training return (mean of last 100 episodes)")
+  axes[1].set_xlabel("env steps")
+  axes[1].set_ylabel("meta-learned learning-rate scale")
+  axes[1].axhline(1.0, color="k", lw=0.6, ls="--")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  json_path = os.path.join(_OUT.value, "cartpole_recovery.json")
+  if _REPLOT.value:
+    with open(json_path) as f:
+      saved = json.load(f)
+  else:
+    results = {label: [run_one(args, seed, _STEPS.value) for seed in range(_SEEDS.value)]
+               for label, args in runs(_POOR.value).items()}
+    saved = {"results": results, "steps": _STEPS.value, "poor_scale": _POOR.value}
+    os.makedirs(_OUT.value, exist_ok=True)
+    with open(json_path, "w") as f:
+      json.dump(saved, f)
+  png = os.path.join(_OUT.value, "cartpole_recovery.png")
+  plot(saved["results"], png)
+  text = (table(saved["results"], saved["steps"])
+          + f"\n\nMade by `python -m benchmarks.cartpole_recovery --steps={saved['steps']} "
+          f"--seeds={len(next(iter(saved['results'].values())))} "
+          f"--poor_scale={saved['poor_scale']:g}` (`make recovery`).\n\n![{os.path.basename(png)}]({png})")
+  markdown.replace_block(_RESULTS.value, BEGIN, END, text, title="Results",
+                         heading="## BMG recovering a poor learning rate (CartPole, distributed)\n\n")
+  print(table(saved["results"], saved["steps"]))
+
+
+if __name__ == "__main__":
+  app.run(main)
