@@ -30,7 +30,7 @@ def make_policy(network: networks_lib.Network, greedy: bool = False):
 
   def policy(params, key, obs):
     key, sub = jax.random.split(key)
-    logits, _ = network.apply(params, obs)
+    logits = network.policy(params, obs)
     if greedy:
       action = jnp.argmax(logits, axis=-1)
     else:

@@ -14,9 +14,12 @@ class Network(NamedTuple):
   init(key, observation) -> params, with `observation` one example with a
   leading batch axis. apply(params, observations) -> (logits, values) for
   observations of shape [..., *obs_shape]: any number of leading axes.
+  policy(params, observations) -> logits, the same logits as apply's; with
+  separate torsos it skips the value torso, which acting never needs.
   """
   init: Callable
   apply: Callable[..., Tuple[jnp.ndarray, jnp.ndarray]]
+  policy: Callable[..., jnp.ndarray]
 
 
 _ORTHOGONAL_RELU = hk.initializers.Orthogonal(np.sqrt(2.0))
@@ -113,22 +116,28 @@ def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[in
   torso_cls = TORSOS[torso]
   obs_rank = len(obs_shape)
 
-  def forward(obs):
+  def forward(obs, policy_only=False):
     lead_shape = obs.shape[:obs.ndim - obs_rank]
     flat = jnp.reshape(obs, (int(np.prod(lead_shape, dtype=np.int64)),) + obs.shape[len(lead_shape):])
     h_policy = torso_cls(hidden_sizes)(flat)
-    h_value = h_policy if shared_torso else torso_cls(hidden_sizes, name="value_torso")(flat)
+    if not policy_only:
+      h_value = h_policy if shared_torso else torso_cls(hidden_sizes, name="value_torso")(flat)
     # Orthogonal initialisation with a near-uniform initial policy (policy head
     # scaled by 0.01) matters a great deal for on-policy actor-critic
     # (Andrychowicz et al. 2021, arXiv 2006.05990); with haiku's default
     # initialisers CartPole oscillated around a return of 150 instead of
     # reaching 500.
     logits = hk.Linear(num_actions, w_init=hk.initializers.Orthogonal(0.01),
-                       name="policy")(h_policy)
+                       name="policy")(h_policy).reshape(lead_shape + (num_actions,))
+    if policy_only:
+      return logits
     value = jnp.squeeze(hk.Linear(1, w_init=hk.initializers.Orthogonal(1.0),
                                   name="value")(h_value), axis=-1)
-    return logits.reshape(lead_shape + (num_actions,)), value.reshape(lead_shape)
+    return logits, value.reshape(lead_shape)
 
   transformed = hk.without_apply_rng(hk.transform(forward))
-  return Network(init=transformed.init, apply=transformed.apply)
+  # Every module has a fixed name, so the policy-only call reads the same
+  # params; init always takes the full path, in the order it always had.
+  return Network(init=transformed.init, apply=transformed.apply,
+                 policy=lambda params, obs: transformed.apply(params, obs, policy_only=True))
 

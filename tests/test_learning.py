@@ -1,4 +1,4 @@
-"""The pmapped learner step: 8 forced CPU devices agree with 1 device."""
+"""The pmapped learner step (8 forced CPU devices agree with 1 device) and the network."""
 
 import jax
 import numpy as np
@@ -6,6 +6,7 @@ import pytest
 
 import envs
 from podmeta import builder
+from podmeta import networks
 from podmeta.config import Config
 from podmeta import replay as replay_lib
 
@@ -77,3 +78,21 @@ def test_learner_trains_on_clipped_rewards(meta):
   for a, b in zip(with_clipping, step(config, clipped)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   assert any(not np.allclose(a, b) for a, b in zip(with_clipping, step(config, batch)))
+
+
+@pytest.mark.parametrize("torso,obs_shape,shared", [("mlp", (30,), False), ("mlp", (30,), True),
+                                                    ("conv", (36, 36, 2), True)])
+def test_policy_only_call_gives_apply_logits_from_the_same_params(torso, obs_shape, shared):
+  """Acting calls network.policy, which skips the value torso: same params, same logits."""
+  net = networks.make_network(torso, (32,), obs_shape, num_actions=5, shared_torso=shared)
+  obs = jax.random.uniform(jax.random.PRNGKey(1), (3, 7) + obs_shape)
+  params = net.init(jax.random.PRNGKey(0), obs[0])
+  logits, values = net.apply(params, obs)
+  assert values.shape == (3, 7)
+  np.testing.assert_allclose(net.policy(params, obs), logits, rtol=1e-6, atol=1e-7)
+  # The policy-only call ignores the value torso's params.
+  bumped = {k: (jax.tree.map(lambda x: x + 1.0, v) if k.startswith("value_torso") else v)
+            for k, v in params.items()}
+  np.testing.assert_allclose(net.policy(bumped, obs), logits, rtol=1e-6, atol=1e-7)
+  if not shared:
+    assert not np.allclose(net.apply(bumped, obs)[1], values)
