@@ -188,13 +188,16 @@ class Learner(core.VariableSource, core.Saveable):
 
   def step(self, batch: Trajectory) -> Dict:
     """One update on a batch already sharded over devices. Returns device metrics."""
-    self._state, metrics = self._update(self._state, batch)
-    self._steps += 1
+    state, metrics = self._update(self._state, batch)
+    # The state and its version change together, so that get_variables never
+    # pairs new parameters with the old version (or the reverse).
+    with self._lock:
+      self._state, self._steps = state, self._steps + 1
     return metrics
 
   def get_variables(self) -> Tuple[int, Any]:
-    state, version = self._state, self._steps  # device arrays are immutable
     with self._lock:
+      state, version = self._state, self._steps  # device arrays are immutable
       if self._cached[0] != version:
         self._cached = (version, unreplicate(state.params))
       return self._cached
@@ -208,15 +211,18 @@ class Learner(core.VariableSource, core.Saveable):
     On a pod only process 0 restores checkpoints; this hands its state to the
     others. Every host must call it at the same point.
     """
-    self._state = self._from_first(self._state)
-    self._steps = int(np.asarray(self._state.step[0]))
+    state = self._from_first(self._state)
     with self._lock:
+      self._state, self._steps = state, int(np.asarray(state.step[0]))
       self._cached = (-1, None)
 
   def restore(self, state: LearnerState) -> None:
     _check_same_structure(self._template, state)
-    self._state = replicate(state, self._devices)
-    self._steps = int(np.asarray(state.step))
+    replicated = replicate(state, self._devices)
+    with self._lock:
+      self._state, self._steps = replicated, int(np.asarray(state.step))
+      # The cache is keyed by the step count, which a restore can repeat.
+      self._cached = (-1, None)
 
   @property
   def template(self) -> LearnerState:

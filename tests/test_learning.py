@@ -96,3 +96,37 @@ def test_policy_only_call_gives_apply_logits_from_the_same_params(torso, obs_sha
   np.testing.assert_allclose(net.policy(bumped, obs), logits, rtol=1e-6, atol=1e-7)
   if not shared:
     assert not np.allclose(net.apply(bumped, obs)[1], values)
+
+
+def test_get_variables_serves_restored_params_and_matching_versions():
+  """The variables actors pull: a restore that repeats a step count is not served
+  from the old cache, and each version comes with the params of that many steps."""
+  config = Config(batch_size=4, unroll_length=5, hidden_sizes=(16,))
+  spec = envs.env_spec(config.env_id)
+  learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
+  batch = jax.device_put_sharded(replay_lib.per_device(helpers.random_batch(spec, 4, 5, seed=2), 1),
+                                 learner.devices)
+  expected = [learner.get_variables()[1]]
+  for _ in range(3):
+    learner.step(batch)
+    version, params = learner.get_variables()
+    assert version == len(expected)
+    expected.append(params)
+  # Another learner's state at the same step count (1) as a cached version.
+  other = builder.make_learner(config.replace(seed=9), spec, devices=jax.devices()[:1])
+  other.step(batch)
+  assert other.get_variables()[0] == 1
+  other.restore(learner.save())
+  version, params = other.get_variables()
+  assert version == 3
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected[3])):
+    np.testing.assert_array_equal(a, b)
+  restored_at_one = builder.make_learner(config, spec, devices=jax.devices()[:1])
+  restored_at_one.step(batch)
+  restored_at_one.get_variables()
+  state = learner.save()
+  restored_at_one.restore(state._replace(step=np.asarray(1, np.int32)))
+  version, params = restored_at_one.get_variables()
+  assert version == 1
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected[3])):
+    np.testing.assert_array_equal(a, b)
