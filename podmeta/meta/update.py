@@ -155,15 +155,20 @@ def matching_loss(network: networks_lib.Network, target_params, params, observat
   if matching == "l2":
     sq = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), target_params, params)
     return 0.5 * sum(jax.tree.leaves(sq))
-  target_logits, target_values = network.apply(target_params, observation)
-  logits, values = network.apply(params, observation)
+  if matching == "kl":
+    # The policy alone: the value torso would be computed twice for nothing.
+    target_logits, logits = network.policy(target_params, observation), network.policy(
+        params, observation)
+  elif matching == "kl_value":
+    (target_logits, target_values), (logits, values) = (network.apply(target_params, observation),
+                                                        network.apply(params, observation))
+  else:
+    raise ValueError(f"unknown matching {matching!r}")
   log_p_target = jax.nn.log_softmax(target_logits)
   kl = jnp.sum(jnp.exp(log_p_target) * (log_p_target - jax.nn.log_softmax(logits)), axis=-1)
   loss = jnp.mean(kl)
   if matching == "kl_value":
     loss += value_matching_cost * 0.5 * jnp.mean(jnp.square(target_values - values))
-  elif matching != "kl":
-    raise ValueError(f"unknown matching {matching!r}")
   return loss
 
 
