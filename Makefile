@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= launch/configs/cartpole_impala.py
 ARGS ?=
 
-.PHONY: setup train test bench bench-actors results recovery lock clean
+.PHONY: setup train test bench bench-actors bench-meta results recovery lock clean
 
 setup:
 	@bash scripts/install.sh
@@ -27,6 +27,11 @@ bench-actors: setup
 # resumable: ARGS="--max_minutes=60" stops cleanly and the next call continues).
 results: setup
 	$(PY) -m benchmarks.two_colours $(ARGS)
+
+# The grid-world agent's steps/s per program shape (fixed, MG, BMG; K = 1, 3, 6), the cost
+# of meta-learning per env step, and what `make results` then takes: BENCHMARKS.md.
+bench-meta: setup
+	$(PY) -m benchmarks.two_colours --speed $(ARGS)
 
 # BMG recovering a poor CartPole learning rate in the distributed trainer (~10 minutes).
 recovery: setup

@@ -3,6 +3,7 @@ r"""The BMG paper's grid-world experiment, with the paper's protocol: writes RES
   python -m benchmarks.two_colours                    # tune, then the final runs (hours)
   python -m benchmarks.two_colours --phase=tune --methods=mg_ctx --max_minutes=60
   python -m benchmarks.two_colours --replot           # the table and plots from the shards
+  python -m benchmarks.two_colours --speed            # steps/s per method -> BENCHMARKS.md
 
 The protocol (Luketina et al. 2022, App. A; Flennerhag et al. 2021, Sec. 5.1):
 
@@ -28,6 +29,7 @@ finishes (committed), and a running program saves its lanes' state every
 hundreds of MB, outside the repository); a stopped run continues from both.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +40,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from benchmarks import markdown
 from benchmarks import two_colours_lib as lib
 from benchmarks import two_colours_report as report
 from envs import two_colours
@@ -64,6 +67,21 @@ _RESULTS = flags.DEFINE_string("results_md", "RESULTS.md", "Markdown file to upd
 _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw the table and plots from the shards.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes sharing the programs (one per core).")
 _WORKER_INDEX = flags.DEFINE_integer("worker_index", -1, "Internal: this process's share.")
+_SPEED = flags.DEFINE_bool("speed", False, "Only measure each method's steps/s (BENCHMARKS.md).")
+_SPEED_LANES = flags.DEFINE_integer("speed_lanes", 8, "Vmapped seeds per --speed program.")
+_SPEED_POINTS = flags.DEFINE_integer("speed_points", 3, "Timed curve points per --speed program.")
+_BENCHMARKS = flags.DEFINE_string("benchmarks_md", "BENCHMARKS.md", "--speed writes here.")
+
+SPEED_BEGIN, SPEED_END = "<!-- two_colours_speed:begin -->", "<!-- two_colours_speed:end -->"
+# One setting per program shape the protocol runs (K = 1, 3, 6).
+SPEED_SETTINGS = (
+    lib.Setting("fixed", entropy_cost=0.1),
+    lib.Setting("mg_ctx", meta_lr=1e-4, k=1, outer_entropy=0.1),
+    lib.Setting("bmg_ctx", meta_lr=1e-4, k=1, l=8),
+    lib.Setting("mg_ctx", meta_lr=1e-4, k=3, outer_entropy=0.1),
+    lib.Setting("bmg_ctx", meta_lr=1e-4, k=3, l=8),
+    lib.Setting("bmg_ctx", meta_lr=1e-4, k=6, l=8),
+)
 
 def phase_jobs(phase: str, methods: Sequence[str], out: str) -> List[Tuple]:
   """(phase, setting, seed, steps) for every run of the phase."""
@@ -102,6 +120,48 @@ def _run_phase_in_workers(phase: str, deadline: Optional[float]) -> bool:
   return all(c == 0 for c in codes)
 
 
+def measure_speed() -> None:
+  """Each program shape's steps/s in one run, the ratio to the fixed agent, and
+  what the whole protocol then costs on this machine."""
+  rows = []
+  for setting in SPEED_SETTINGS:
+    rows.append(lib.measure_throughput(setting, _SPEED_LANES.value, _SPEED_POINTS.value))
+    logging.info("%s: %.0f env steps/s summed over %d lanes", setting.name,
+                 rows[-1]["steps_per_second"], rows[-1]["lanes"])
+  fixed = rows[0]["steps_per_second"]
+  rate = {(st.method, st.k): r["steps_per_second"] for st, r in zip(SPEED_SETTINGS, rows)}
+  lines = [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores by "
+           f"`python -m benchmarks.two_colours --speed` (one process, {_SPEED_LANES.value} "
+           f"vmapped seeds per program, {_SPEED_POINTS.value} x {_LOG_EVERY.value:,} env steps "
+           "per seed timed after compilation; `make results` runs one such process per core).",
+           "", "| program | env steps/s summed over seeds | cost per env step vs fixed "
+           "| compile s |", "|---|---:|---:|---:|"]
+  for r in rows:
+    lines.append(f"| `{r['setting']}` | {r['steps_per_second']:,.0f} | "
+                 f"{fixed / r['steps_per_second']:.1f}x | {r['compile_seconds']:.0f} |")
+
+  def seconds_per_step(method: str, k: int) -> float:
+    if method == "fixed":
+      return 1.0 / rate[("fixed", 1)]
+    # With or without context, MG or BMG: the cost is the K differentiated updates.
+    kind = "bmg_ctx" if method.startswith("bmg") else "mg_ctx"
+    return 1.0 / rate.get((kind, k), rate[("bmg_ctx", k)])
+
+  seconds = sum(_TUNE_SEEDS.value * _TUNE_STEPS.value * seconds_per_step(m, st.k)
+                for m in lib.METHODS for st in lib.grid(m))
+  seconds += sum((_FINAL_SEEDS.value if m in lib.HEADLINE else _MINOR_SEEDS.value)
+                 * _FINAL_STEPS.value * seconds_per_step(m, 1) for m in lib.METHODS)
+  lines += ["", f"At these rates the whole protocol (tuning {_TUNE_SEEDS.value} seeds x "
+            f"{_TUNE_STEPS.value:,} steps over every grid, final runs at K = 1 for the meta "
+            f"methods) is about {seconds / 3600 / os.cpu_count():,.0f} hours on "
+            f"{os.cpu_count()} cores."]
+  with open(os.path.join(os.path.dirname(_OUT.value), "two_colours_speed.json"), "w") as f:
+    json.dump(rows, f, indent=1)
+  markdown.replace_block(_BENCHMARKS.value, SPEED_BEGIN, SPEED_END, "\n".join(lines),
+                         title="Benchmarks",
+                         heading="## Grid-world experiment throughput (two colours)\n\n")
+
+
 def main(argv):
   del argv
   methods = _METHODS.value or list(lib.METHODS)
@@ -115,6 +175,9 @@ def main(argv):
   if "xla_cpu_use_thunk_runtime" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_cpu_use_thunk_runtime=false").strip()
+  if _SPEED.value:
+    measure_speed()
+    return
   out = _OUT.value
   if _WORKER_INDEX.value >= 0:  # one worker's share of one phase
     deadline = _DEADLINE.value or None

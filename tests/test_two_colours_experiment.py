@@ -62,6 +62,16 @@ def test_protocol_resumes_from_shards_and_partial_state_and_writes_the_report(tm
   before = os.path.getmtime(path)
   assert lib.run_jobs(jobs, out, 1_024, 2_048, save_every_seconds=1e9, deadline=None)
   assert os.path.getmtime(path) == before
+  # A shard made with another agent configuration is neither reported nor kept.
+  with open(path) as f:
+    stale = json.load(f)
+  with open(path, "w") as f:
+    json.dump(dict(stale, agent="another-agent"), f)
+  assert len(lib.load_shards(out, "tune")) == 3
+  assert lib.run_jobs(jobs, out, 1_024, 2_048, save_every_seconds=1e9, deadline=None)
+  assert len(lib.load_shards(out, "tune")) == 4
+  with open(path) as f:
+    assert json.load(f)["agent"] == lib.agent_digest()
 
   # A final shard per method for the report (two seeds each, so the CIs exist).
   for method, setting in (("fixed", settings[0]), ("bmg_ctx", lib.Setting("bmg_ctx", meta_lr=1e-4))):
