@@ -6,6 +6,7 @@ validated against the structure the learner expects, and `check_restorable`
 lets the launcher refuse a bad checkpoint before any node starts.
 """
 
+import json
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -13,6 +14,9 @@ from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+_COUNTERS_FILE = "latest_counters.json"
 
 
 class CheckpointError(ValueError):
@@ -43,16 +47,35 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, counters: Dict[str, Any]) -> str:
-    """Saves host-array `state` and JSON-able `counters` under `step`."""
-    state = jax.tree.map(np.asarray, state)
-    if step in self._manager.all_steps():
-      return os.path.join(self._directory, str(step))
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        counters=ocp.args.JsonSave(counters)), force=True)
-    self._manager.wait_until_finished()
-    logging.info("checkpoint saved: step %d in %s", step, self._directory)
+    """Saves host-array `state` and JSON-able `counters` under `step`.
+
+    A step is written once (orbax keeps it immutable): saving it again,
+    as the final save does when no learner step happened since the last one,
+    only updates its counters (the actors kept counting env steps).
+    """
+    if step not in self._manager.all_steps():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(jax.tree.map(np.asarray, state)),
+          counters=ocp.args.JsonSave(counters)), force=True)
+      self._manager.wait_until_finished()
+      logging.info("checkpoint saved: step %d in %s", step, self._directory)
+    self._write_latest_counters(step, counters)
     return os.path.join(self._directory, str(step))
+
+  def _write_latest_counters(self, step: int, counters: Dict[str, Any]) -> None:
+    """The newest counters of `step`, beside orbax's, replaced atomically."""
+    path = os.path.join(self._directory, _COUNTERS_FILE)
+    with open(path + ".tmp", "w") as f:
+      json.dump({"step": step, "counters": counters}, f)
+    os.replace(path + ".tmp", path)
+
+  def _latest_counters(self, step: int) -> Optional[Dict[str, Any]]:
+    try:
+      with open(os.path.join(self._directory, _COUNTERS_FILE)) as f:
+        saved = json.load(f)
+    except (OSError, ValueError):
+      return None
+    return dict(saved["counters"]) if saved.get("step") == step else None
 
   def restore_latest(self, template: Any) -> Optional[Tuple[Any, Dict[str, Any]]]:
     """(state, counters) of the latest checkpoint, or None if there is none.
@@ -80,7 +103,9 @@ class Checkpointer:
             f"({msg[:200]})") from e
       raise CheckpointError(f"unreadable checkpoint {path}: {msg[:300]}") from e
     _check_matches(template, state, path)
-    return state, counters
+    # Counters written after the step's checkpoint (by a later save of the
+    # same step) are newer; those of another step are not this checkpoint's.
+    return state, self._latest_counters(step) or counters
 
   def close(self):
     self._manager.close()
