@@ -198,6 +198,16 @@ def initial_carry(settings: Sequence[Setting], seeds: Sequence[int]):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *carries)
 
 
+def _program(settings: Sequence[Setting], log_every: int, swap_every: int):
+  """The jitted runner of the lanes' shared program, their vmapped values, and
+  the env steps per lane of one curve point (whole updates, about log_every)."""
+  config = settings[0].config()
+  steps_per_update = config.batch_size * config.unroll_length
+  per_point = max(1, log_every // steps_per_update)
+  values = jnp.asarray([s.lane_value for s in settings], jnp.float32)
+  return make_runner(config, swap_every, per_point), values, per_point * steps_per_update
+
+
 CURVES = ("reward", "entropy", "entropy_cost", "grad_clipped", "grad_norm", "value_loss")
 
 
@@ -212,13 +222,8 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
   `deadline` (time.time()) passed first (the state is saved).
   """
   assert len({s.program for s in settings}) == 1, "lanes must share one program"
-  config = settings[0].config()
-  steps_per_update = config.batch_size * config.unroll_length
-  per_point = max(1, log_every // steps_per_update)
-  point_steps = per_point * steps_per_update
+  runner, values, point_steps = _program(settings, log_every, swap_every)
   points = max(1, steps // point_steps)
-  runner = make_runner(config, swap_every, per_point)
-  values = jnp.asarray([s.lane_value for s in settings], jnp.float32)
   curves = {k: [] for k in CURVES}
   done, seconds = 0, 0.0
   if partial_path and os.path.exists(partial_path):
@@ -394,13 +399,9 @@ def measure_throughput(setting: Setting, lanes: int, points: int, log_every: int
   each `log_every` env steps per lane, are timed end to end (acting, the
   agent's update and, for meta methods, the meta-update).
   """
-  config = setting.config()
-  steps_per_update = config.batch_size * config.unroll_length
-  per_point = max(1, log_every // steps_per_update)
-  runner = make_runner(config, swap_every, per_point)
   settings = [setting] * lanes
+  runner, values, point_steps = _program(settings, log_every, swap_every)
   carry = initial_carry(settings, list(range(lanes)))
-  values = jnp.asarray([s.lane_value for s in settings], jnp.float32)
   start = time.time()
   carry, out = runner(carry, values)
   jax.block_until_ready(out)
@@ -411,6 +412,6 @@ def measure_throughput(setting: Setting, lanes: int, points: int, log_every: int
   jax.block_until_ready(out)
   seconds = time.time() - start
   return {"setting": setting.name, "method": setting.method, "lanes": lanes,
-          "env_steps": points * per_point * steps_per_update * lanes, "seconds": seconds,
+          "env_steps": points * point_steps * lanes, "seconds": seconds,
           "compile_seconds": compile_seconds,
-          "steps_per_second": points * per_point * steps_per_update * lanes / seconds}
+          "steps_per_second": points * point_steps * lanes / seconds}
