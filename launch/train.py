@@ -131,11 +131,32 @@ def main(argv):
   manager = lp.launch(program, launch_type=launch_type, **kwargs)
   manager.wait()
   summary_path = os.path.join(host_dir, "summary.json")
-  if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      summary = json.load(f)
-    print(json.dumps(summary, indent=2))
+  if not os.path.exists(summary_path):
+    print(f"podmeta: error: the learner ended without writing {summary_path}", file=sys.stderr)
+    _exit_now(1)
+  with open(summary_path) as f:
+    summary = json.load(f)
+  print(json.dumps(summary, indent=2))
+  if summary.get("exit_reason") == "error":
+    print(f"podmeta: error: the learner failed; see {host_dir}", file=sys.stderr)
+    _exit_now(1)
   print(f"podmeta: run finished; results in {host_dir}")
+  _exit_now(0)
+
+
+def _exit_now(code: int) -> None:
+  """Exits without interpreter finalization.
+
+  In local_mt the nodes' C++ threads (Reverb server and clients, TF's
+  tf.data workers) can still be alive when `wait()` returns; finalizing the
+  interpreter under them sometimes aborts the process (SIGABRT, "FATAL:
+  exception not rethrown") after a run that finished well. Everything the run
+  writes is closed by its nodes before this point.
+  """
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
 
 
 FLAGS = flags.FLAGS
