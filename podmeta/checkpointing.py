@@ -23,6 +23,10 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be read or does not fit this run."""
 
 
+class _Unreadable(CheckpointError):
+  """A checkpoint whose files are damaged (as opposed to one of another config)."""
+
+
 class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 3):
@@ -78,14 +82,32 @@ class Checkpointer:
     return dict(saved["counters"]) if saved.get("step") == step else None
 
   def restore_latest(self, template: Any) -> Optional[Tuple[Any, Dict[str, Any]]]:
-    """(state, counters) of the latest checkpoint, or None if there is none.
+    """(state, counters) of the newest readable checkpoint, or None if there is none.
 
-    Raises CheckpointError naming the checkpoint if it cannot be read or its
-    arrays do not match `template`.
+    A newest checkpoint that cannot be read (truncated, corrupted, holding
+    non-finite values) is moved aside to `corrupt-<step>`, never deleted, and
+    the previous one is restored instead, with a warning naming both. One that
+    does not match `template` (another network or optimiser) raises
+    CheckpointError naming it: that is a config mistake, not a fault.
     """
-    step = self.latest_step()
-    if step is None:
-      return None
+    skipped = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state, counters = self._restore_step(step, template)
+      except _Unreadable as e:
+        logging.warning("%s; trying the previous checkpoint", e)
+        skipped.append((step, str(e)))
+        continue
+      self._set_aside(skipped)
+      if skipped:
+        logging.warning("resumed from checkpoint step %d (newer unreadable: %s)", step,
+                        ", ".join(str(s) for s, _ in skipped))
+      return state, counters
+    if skipped:
+      raise CheckpointError(f"no readable checkpoint in {self._directory}: {skipped[0][1]}")
+    return None
+
+  def _restore_step(self, step: int, template: Any) -> Tuple[Any, Dict[str, Any]]:
     path = os.path.join(self._directory, str(step))
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), template)
@@ -101,11 +123,23 @@ class Checkpointer:
         raise CheckpointError(
             f"checkpoint {path} does not match this config's network/optimizer "
             f"({msg[:200]})") from e
-      raise CheckpointError(f"unreadable checkpoint {path}: {msg[:300]}") from e
+      raise _Unreadable(f"unreadable checkpoint {path}: {msg[:300]}") from e
     _check_matches(template, state, path)
     # Counters written after the step's checkpoint (by a later save of the
     # same step) are newer; those of another step are not this checkpoint's.
     return state, self._latest_counters(step) or counters
+
+  def _set_aside(self, skipped) -> None:
+    """Renames unreadable checkpoints so that saves of lower steps become the newest."""
+    if not skipped:
+      return
+    for step, _ in skipped:
+      src = os.path.join(self._directory, str(step))
+      dst = os.path.join(self._directory, f"corrupt-{step}")
+      if os.path.exists(src) and not os.path.exists(dst):
+        os.rename(src, dst)
+        logging.warning("moved unreadable checkpoint %s to %s", src, dst)
+    self._manager.reload()
 
   def close(self):
     self._manager.close()
@@ -122,4 +156,4 @@ def _check_matches(template, state, path):
           f"checkpoint {path} does not match this config's network "
           f"(array of shape {np.shape(s)}, expected {np.shape(t)})")
     if not np.all(np.isfinite(s)) and np.issubdtype(np.asarray(s).dtype, np.floating):
-      raise CheckpointError(f"checkpoint {path} holds non-finite values")
+      raise _Unreadable(f"checkpoint {path} holds non-finite values")

@@ -82,7 +82,8 @@ class Config:
 
   # Outputs.
   log_every_seconds: float = 5.0
-  checkpoint_every_seconds: float = 120.0
+  # A pod loses at most this much work to a crash; the first save is early.
+  checkpoint_every_seconds: float = 60.0
   checkpoints_to_keep: int = 3
 
   # Meta-learning of the hyperparameters above (see MetaConfig).

@@ -27,6 +27,8 @@ from podmeta.learning import Learner
 
 _SHUTDOWN_GRACE_SECONDS = 1.0
 _FIRST_EVAL_WAIT_SECONDS = 60.0
+# A crash in the first interval would otherwise lose every step taken so far.
+_FIRST_CHECKPOINT_SECONDS = 10.0
 
 PROGRESS_KEYS = ["env_steps", "env_steps_per_second", "learner_steps", "episode_return_mean",
                  "eval_return", "policy_lag", "loss", "meta_loss", "meta/"]
@@ -52,7 +54,7 @@ class LearnerNode(core.Worker, core.VariableSource):
 
   def __init__(self, learner: Learner, make_prefetcher: Callable, checkpointer: Checkpointer,
                run_dir: str, budget: Budget, env_steps_per_batch: int, logger=None,
-               log_every_seconds: float = 5.0, checkpoint_every_seconds: float = 120.0,
+               log_every_seconds: float = 5.0, checkpoint_every_seconds: float = 60.0,
                stop_program: Optional[Callable[[], None]] = None,
                replay_stats: Optional[Callable[[], dict]] = None,
                expect_eval: bool = False,
@@ -116,7 +118,9 @@ class LearnerNode(core.Worker, core.VariableSource):
     stop = core.resolve_stop_event(self._stop_event)
     start = self._start = time.monotonic()
     prefetcher = self._make_prefetcher()
-    last_log = last_ckpt = start
+    last_log = start
+    last_ckpt = start - self._checkpoint_every + min(_FIRST_CHECKPOINT_SECONDS,
+                                                     self._checkpoint_every)
     steps_at_last_log, env_at_last_log = self._learner.step_count, self._env_steps
     # Metrics are summed on device between log rows (no host sync per step)
     # and logged as means over the interval.

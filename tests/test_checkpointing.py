@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from podmeta import checkpointing
 
@@ -33,3 +34,48 @@ def test_a_second_save_of_the_same_step_keeps_the_newer_counters(tmp_path):
   np.testing.assert_array_equal(state["w"], _state(7)["w"])
   assert counters == {"env_steps": 200}
   assert sorted(int(d) for d in os.listdir(reopened.directory) if d.isdigit()) == [5, 7]
+
+
+def _damage(step_dir, how):
+  for root, _, files in os.walk(os.path.join(step_dir, "state")):
+    for name in files:
+      if name.startswith("_"):
+        continue
+      path = os.path.join(root, name)
+      if how == "truncate":
+        with open(path, "r+b") as f:
+          f.truncate(max(os.path.getsize(path) // 3, 1))
+      else:
+        with open(path, "wb") as f:
+          f.write(b"\x00garbage")
+
+
+@pytest.mark.parametrize("how", ["truncate", "garbage"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, how, caplog):
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
+  ckpt.save(5, _state(5), {"env_steps": 100})
+  ckpt.save(7, _state(7), {"env_steps": 200})
+  ckpt.close()
+  _damage(os.path.join(str(tmp_path / "ckpt"), "7"), how)
+  reopened = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
+  with caplog.at_level("WARNING"):
+    state, counters = reopened.restore_latest(_state(0))
+  np.testing.assert_array_equal(state["w"], _state(5)["w"])
+  assert counters == {"env_steps": 100}
+  assert "resumed from checkpoint step 5" in caplog.text and "7" in caplog.text
+  # Kept, not deleted, and out of the way of the resumed run's next saves.
+  assert os.path.isdir(os.path.join(reopened.directory, "corrupt-7"))
+  assert reopened.latest_step() == 5
+  reopened.save(6, _state(6), {"env_steps": 150})
+  state, counters = reopened.restore_latest(_state(0))
+  np.testing.assert_array_equal(state["w"], _state(6)["w"])
+  assert counters == {"env_steps": 150}
+
+
+def test_no_readable_checkpoint_raises_and_moves_nothing(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
+  ckpt.save(3, _state(3), {"env_steps": 10})
+  _damage(os.path.join(ckpt.directory, "3"), "garbage")
+  with pytest.raises(checkpointing.CheckpointError, match="unreadable checkpoint"):
+    ckpt.restore_latest(_state(0))
+  assert os.path.isdir(os.path.join(ckpt.directory, "3"))

@@ -51,7 +51,7 @@ def atari_config(game: str, **overrides) -> Config:
       # Greedy Atari episodes can last the full 27,000 steps.
       eval_episodes=4,
       eval_every_seconds=600.0,
-      checkpoint_every_seconds=600.0,
+      checkpoint_every_seconds=60.0,
       log_every_seconds=30.0,
   )
   values.update(overrides)
