@@ -8,6 +8,7 @@ Any config field can be overridden with --config.<field>=<value>. Re-running
 with the same --run_dir resumes from its latest checkpoint.
 """
 
+import atexit
 import json
 import os
 import re
@@ -19,6 +20,8 @@ from absl import flags
 from absl import logging
 import launchpad as lp  # defines --lp_launch_type and --lp_termination_notice_secs
 from ml_collections import config_flags
+
+from podmeta import supervisor
 
 _DEFAULT_CONFIG = "launch/configs/cartpole_impala.py"
 _CONFIG = None  # defined in __main__: with a default file, defining it applies overrides
@@ -115,33 +118,60 @@ def main(argv):
     run_dir = os.path.abspath(run_dir)
     if pod.enabled:
       # Before anything touches a JAX backend.
-      pod_lib.initialize(pod)
+      try:
+        pod_lib.initialize(pod)
+      except RuntimeError as e:  # jax.distributed could not join the pod
+        raise ValueError(f"cannot join the pod: {str(e).strip().splitlines()[0]}") from e
     builder.preflight(config, run_dir)
   except ValueError as e:
     _fail(str(e))
-  except RuntimeError as e:  # jax.distributed could not join the pod
-    _fail(f"cannot join the pod: {str(e).strip().splitlines()[0]}")
 
   process_id = jax.process_index() if pod.enabled else 0
   host_dir = builder.host_run_dir(run_dir, process_id)
   builder.write_config(config, host_dir)
   logging.info("run directory: %s", host_dir)
   program = builder.make_program(config, run_dir, pod=pod.enabled)
-  kwargs = {"terminal": "current_terminal"} if launch_type == "local_mp" else {}
-  manager = lp.launch(program, launch_type=launch_type, **kwargs)
-  manager.wait()
-  summary_path = os.path.join(host_dir, "summary.json")
-  if not os.path.exists(summary_path):
-    print(f"podmeta: error: the learner ended without writing {summary_path}", file=sys.stderr)
+  started_at = time.time()
+  if launch_type == "local_mp":
+    outcome = _run_supervised(program, config, host_dir)
+  else:
+    outcome = _run_threads(program)
+  summary = supervisor.record_outcome(host_dir, outcome, started_at)
+  if outcome.failure:
+    print(f"podmeta: error: {outcome.failure}", file=sys.stderr)
     _exit_now(1)
-  with open(summary_path) as f:
-    summary = json.load(f)
+  if not summary:
+    print(f"podmeta: error: the learner ended without writing {host_dir}/summary.json",
+          file=sys.stderr)
+    _exit_now(1)
   print(json.dumps(summary, indent=2))
   if summary.get("exit_reason") == "error":
     print(f"podmeta: error: the learner failed; see {host_dir}", file=sys.stderr)
     _exit_now(1)
   print(f"podmeta: run finished; results in {host_dir}")
   _exit_now(0)
+
+
+def _run_supervised(program, config, host_dir: str) -> "supervisor.Outcome":
+  """local_mp: every node a child process of this one, watched (podmeta.supervisor)."""
+  commands = supervisor.local_mp_commands(program)
+  return supervisor.Supervisor(commands, max_restarts=config.actor_restarts,
+                               termination_notice_secs=FLAGS.lp_termination_notice_secs,
+                               log_dir=os.path.join(host_dir, "logs"),
+                               pid_file=os.path.join(host_dir, "nodes.json")).run()
+
+
+def _run_threads(program) -> "supervisor.Outcome":
+  """local_mt: Launchpad runs the nodes as threads and re-raises the first failure."""
+  manager = lp.launch(program, launch_type="local_mt")
+  try:
+    manager.wait()
+  except Exception as e:  # pylint: disable=broad-except
+    node = getattr(e, "podmeta_node", "node")
+    text = str(e).strip().splitlines()
+    return supervisor.Outcome(
+        failed_node=node, failure=f"{node} failed ({type(e).__name__}: {text[0] if text else ''})")
+  return supervisor.Outcome()
 
 
 def _exit_now(code: int) -> None:
@@ -153,6 +183,7 @@ def _exit_now(code: int) -> None:
   exception not rethrown") after a run that finished well. Everything the run
   writes is closed by its nodes before this point.
   """
+  atexit._run_exitfuncs()  # pylint: disable=protected-access  (Launchpad's temp files)
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()

@@ -129,6 +129,7 @@ class Actor(core.Worker):
     self._num_envs = env.num_envs
     self._episodes = EpisodeTracker(self._num_envs)
 
+  @core.names_failures("actor")
   def run(self, max_steps: Optional[int] = None,
           stop_event: Optional[threading.Event] = None) -> int:
     """Acts until stopped (or for `max_steps` vector steps). Returns env steps taken."""
@@ -217,6 +218,7 @@ class ActorGroup(core.Worker):
   def __init__(self, actors: Sequence[Actor]):
     self._actors = list(actors)
 
+  @core.names_failures("actor")
   def run(self) -> None:
     # Launchpad's stop event is only found from the node's own thread.
     stop = core.resolve_stop_event(None)

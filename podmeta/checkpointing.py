@@ -145,6 +145,29 @@ class Checkpointer:
     self._manager.close()
 
 
+def read_latest_counters(directory: str) -> Tuple[Optional[int], Optional[Dict[str, Any]]]:
+  """(step, counters) of the newest checkpoint in `directory` without its state,
+  or (None, None) if there is none or its counters cannot be read."""
+  if not os.path.isdir(directory):
+    return None, None
+  checkpointer = Checkpointer(directory)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      return None, None
+    newer = checkpointer._latest_counters(step)  # pylint: disable=protected-access
+    if newer is not None:
+      return step, newer
+    restored = checkpointer._manager.restore(  # pylint: disable=protected-access
+        step, args=ocp.args.Composite(counters=ocp.args.JsonRestore()))
+    return step, dict(restored["counters"])
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("cannot read the counters of the newest checkpoint in %s: %s", directory, e)
+    return None, None
+  finally:
+    checkpointer.close()
+
+
 def _check_matches(template, state, path):
   t_leaves, t_tree = jax.tree.flatten(template)
   s_leaves, s_tree = jax.tree.flatten(state)

@@ -5,8 +5,9 @@ below depends on either.
 """
 
 import abc
+import functools
 import threading
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 
 class VariableSource(abc.ABC):
@@ -56,3 +57,22 @@ def launchpad_stop_event() -> threading.Event:
 
 def resolve_stop_event(stop_event: Optional[threading.Event]) -> threading.Event:
   return stop_event if stop_event is not None else launchpad_stop_event()
+
+
+def names_failures(role: str) -> Callable:
+  """Decorates a Worker's `run`: an exception leaving it carries the node's
+  role as `podmeta_node`, so the launcher's one error line can name the node
+  (in local_mt every node is a thread of the launcher's own process)."""
+
+  def decorate(run):
+    @functools.wraps(run)
+    def wrapped(*args, **kwargs):
+      try:
+        return run(*args, **kwargs)
+      except Exception as e:
+        if not hasattr(e, "podmeta_node"):
+          e.podmeta_node = role
+        raise
+    return wrapped
+
+  return decorate

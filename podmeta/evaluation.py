@@ -51,6 +51,7 @@ class Evaluator(core.Worker):
     returns = run_episodes(self._env, self._policy, params, sub, stop=stop)
     return version, returns
 
+  @core.names_failures("evaluator")
   def run(self) -> None:
     stop = core.resolve_stop_event(self._stop_event)
     while not stop.is_set():

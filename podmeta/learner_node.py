@@ -114,6 +114,7 @@ class LearnerNode(core.Worker, core.VariableSource):
 
   # -- main loop ------------------------------------------------------------
 
+  @core.names_failures("learner")
   def run(self) -> None:
     stop = core.resolve_stop_event(self._stop_event)
     start = self._start = time.monotonic()

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -39,8 +40,13 @@ def start(cmd, env_overrides=None):
   """Starts a launcher in its own session so every descendant can be found."""
   env = dict(os.environ)
   env.update(env_overrides or {})
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+  # A file, not a pipe: a long run's output would fill a pipe nobody reads
+  # until the end, and block the launcher writing to it.
+  output = tempfile.TemporaryFile(mode="w+")
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True)
+  proc.output_file = output
+  return proc
 
 
 def session_processes(sid: int):
@@ -58,11 +64,12 @@ def finish(proc, timeout: float):
   """Waits for the launcher; returns (returncode, output, leftover processes)."""
   sid = proc.pid  # session id == pid of the session leader
   try:
-    out, _ = proc.communicate(timeout=timeout)
+    proc.wait(timeout=timeout)
   except subprocess.TimeoutExpired:
     os.killpg(sid, signal.SIGKILL)
-    out, _ = proc.communicate()
-    raise AssertionError(f"launcher did not exit within {timeout}s:\n{out[-5000:]}")
+    proc.wait()
+    raise AssertionError(f"launcher did not exit within {timeout}s:\n{_output(proc)[-5000:]}")
+  out = _output(proc)
   deadline = time.time() + 5
   left = session_processes(sid)
   while left and time.time() < deadline:
@@ -71,6 +78,11 @@ def finish(proc, timeout: float):
   for p in left:
     p.kill()
   return proc.returncode, out, left
+
+
+def _output(proc) -> str:
+  proc.output_file.seek(0)
+  return proc.output_file.read()
 
 
 def run(cmd, timeout: float, env_overrides=None):

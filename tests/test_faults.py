@@ -1,0 +1,147 @@
+"""Injected faults end in a clear state (issue 12).
+
+Each test launches `python -m launch.train --lp_launch_type=local_mp` as a
+user would, kills a process of it with SIGKILL, and asserts the exit code,
+the one error line, summary.json and that no process is left behind.
+"""
+
+import json
+import os
+import signal
+import time
+
+import jax
+import pytest
+
+from tests import helpers
+
+FAST = ["--lp_launch_type=local_mp", "--config.unroll_length=10", "--config.envs_per_actor=8",
+        "--config.batch_size=16", "--config.eval_every_seconds=2", "--config.eval_episodes=2",
+        "--config.log_every_seconds=1"]
+ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+def _node_pids(run_dir, timeout=120.0):
+  path = os.path.join(run_dir, "nodes.json")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    try:
+      with open(path) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      time.sleep(0.2)
+  raise AssertionError(f"no {path}")
+
+
+def _wait_for_checkpoint(run_dir, proc, timeout=180.0):
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
+      return
+    time.sleep(0.2)
+  raise AssertionError("no checkpoint was written")
+
+
+def _start_long_run(run_dir, *args):
+  proc = helpers.start(helpers.train_command(run_dir, "--num_actors=2", *FAST,
+                                             "--config.max_env_steps=100000000", *args),
+                       env_overrides=ONE_DEVICE)
+  assert helpers.wait_for_learner_steps(run_dir, 3, 180, proc), "the learner never trained"
+  return proc
+
+
+def _restorable(run_dir, step):
+  from podmeta import builder
+  import envs
+  from podmeta.config import Config
+  with open(os.path.join(run_dir, "config.json")) as f:
+    config = Config.from_mapping(json.load(f))
+  _, template = builder.make_update_and_state(config, envs.env_spec(config.env_id))
+  checkpointer = builder.make_checkpointer(config, run_dir)
+  try:
+    state, counters = checkpointer.restore_latest(template)
+  finally:
+    checkpointer.close()
+  assert checkpointer.latest_step() == step
+  assert counters["learner_steps"] == step
+  assert jax.tree.structure(state) == jax.tree.structure(template)
+
+
+@pytest.mark.parametrize("node", ["learner", "replay"])
+def test_a_killed_learner_or_replay_stops_the_program_with_an_error(tmp_path, node):
+  run_dir = str(tmp_path / "run")
+  proc = _start_long_run(run_dir)
+  _wait_for_checkpoint(run_dir, proc)
+  os.kill(_node_pids(run_dir)[node], signal.SIGKILL)
+  killed_at = time.time()
+  code, out, left = helpers.finish(proc, timeout=90)
+  assert time.time() - killed_at < 30 + 5, "the program took too long to stop"
+  assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  assert code == 1, out[-5000:]
+  assert f"podmeta: error: {node} died (killed by SIGKILL)" in out
+  assert "run finished" not in out
+  s = helpers.summary(run_dir)
+  assert s["exit_reason"] == f"{node}_failed"
+  assert s["error"] == f"{node} died (killed by SIGKILL)"
+  assert s["latest_checkpoint_step"] is not None and s["env_steps"] > 0
+  _restorable(run_dir, s["latest_checkpoint_step"])
+
+
+def test_a_killed_actor_is_restarted_and_counted(tmp_path):
+  run_dir = str(tmp_path / "run")
+  proc = helpers.start(helpers.train_command(run_dir, "--num_actors=2", *FAST,
+                                             "--config.max_env_steps=60000"),
+                       env_overrides=ONE_DEVICE)
+  assert helpers.wait_for_learner_steps(run_dir, 3, 180, proc), "the learner never trained"
+  first_pid = _node_pids(run_dir)["actor_0"]
+  os.kill(first_pid, signal.SIGKILL)
+  code, out, left = helpers.finish(proc, timeout=240)
+  assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  assert code == 0, out[-5000:]
+  assert "actor_0 died (killed by SIGKILL); restarting it (restart 1 of at most 10)" in out
+  s = helpers.summary(run_dir)
+  assert s["exit_reason"] == "max_env_steps" and s["env_steps"] >= 60000
+  assert s["actors_lost"] == 1 and s["actor_restarts"] == 1
+  assert _node_pids(run_dir)["actor_0"] != first_pid
+
+
+def test_losing_every_actor_with_no_restarts_left_is_an_error(tmp_path):
+  run_dir = str(tmp_path / "run")
+  proc = helpers.start(helpers.train_command(run_dir, "--num_actors=1", *FAST,
+                                             "--config.max_env_steps=100000000",
+                                             "--config.actor_restarts=0"),
+                       env_overrides=ONE_DEVICE)
+  assert helpers.wait_for_learner_steps(run_dir, 3, 180, proc), "the learner never trained"
+  os.kill(_node_pids(run_dir)["actor"], signal.SIGKILL)
+  code, out, left = helpers.finish(proc, timeout=90)
+  assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  assert code == 1, out[-5000:]
+  assert "podmeta: error: every actor died (the last: actor, killed by SIGKILL)" in out
+  s = helpers.summary(run_dir)
+  # The learner was stopped, wrote its summary and final checkpoint; the
+  # supervisor's verdict replaced its exit reason.
+  assert s["exit_reason"] == "actor_failed" and s["actors_lost"] == 1
+  assert s["latest_checkpoint_step"] == s["learner_steps"] > 0
+
+
+def test_no_node_outlives_a_killed_launcher(tmp_path):
+  run_dir = str(tmp_path / "run")
+  proc = _start_long_run(run_dir)
+  nodes = _node_pids(run_dir)
+  assert set(nodes) == {"replay", "learner", "actor_0", "actor_1", "evaluator"}
+  proc.kill()  # SIGKILL: what the OOM killer or a lost ssh session does
+  proc.wait()
+  deadline = time.time() + 30
+  left = helpers.session_processes(proc.pid)
+  while left and time.time() < deadline:
+    time.sleep(0.5)
+    left = helpers.session_processes(proc.pid)
+  for p in left:
+    p.kill()
+  assert not left, f"processes outlived the launcher: {[p.cmdline() for p in left]}"
+  # The nodes were told to stop (SIGTERM), not killed: the learner wrote its
+  # final checkpoint and summary.
+  s = helpers.summary(run_dir)
+  assert s["exit_reason"] == "stopped"
+  assert s["latest_checkpoint_step"] == s["learner_steps"] > 0
