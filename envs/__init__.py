@@ -1,7 +1,8 @@
 """Environment factories: gymnasium vector envs for actors, single envs for specs.
 
 Besides gymnasium's own ids: "podmeta/TwoColours-v0" (`two_colours`) and
-"podmeta/<Game>-v0" for every Atari game (`atari`), e.g. "podmeta/Pong-v0".
+"podmeta/<Game>-v0" for every Atari game (`atari`), e.g. "podmeta/Pong-v0", and
+CartPoles that fail on purpose (`faulty`).
 """
 
 from typing import NamedTuple, Tuple
@@ -10,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs import atari
+from envs import faulty
 from envs import two_colours
 
 
@@ -17,6 +19,7 @@ def register() -> None:
   """Registers podmeta's own env ids with gymnasium; idempotent."""
   two_colours.register()
   atari.register()
+  faulty.register()
 
 
 class EnvSpec(NamedTuple):
@@ -47,7 +50,7 @@ def env_spec(env_id: str) -> EnvSpec:
     env.close()
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorEnv:
+def make_vector_env(env_id: str, num_envs: int, seed: int, **env_kwargs) -> gym.vector.VectorEnv:
   """A synchronous vector env that resets an episode one step after it ends.
 
   The "next step" autoreset keeps each final observation in the stream, which
@@ -55,6 +58,7 @@ def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorE
   """
   register()
   env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
-                     vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
+                     vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+                     **env_kwargs)
   env.reset(seed=seed)
   return env

@@ -109,6 +109,32 @@ class EpisodeTracker:
     return finished
 
 
+def _no_stats() -> dict:
+  return {"env_steps": 0, "returns": [], "lengths": [], "env_errors": 0}
+
+
+class EnvErrorCounter:
+  """Counts an environment's exceptions; too many in a row is fatal."""
+
+  def __init__(self, max_consecutive: int):
+    self._max = max_consecutive
+    self.total = 0
+    self._in_a_row = 0
+
+  def failed(self, error: Exception) -> None:
+    self.total += 1
+    self._in_a_row += 1
+    if self._in_a_row >= self._max:
+      raise RuntimeError(f"the environment failed {self._in_a_row} times in a row "
+                         f"(max_consecutive_env_errors={self._max}); the last: "
+                         f"{type(error).__name__}: {error}") from error
+    logging.warning("environment step failed (%d in a row, %d in all); resetting it: %s: %s",
+                    self._in_a_row, self.total, type(error).__name__, error)
+
+  def succeeded(self) -> None:
+    self._in_a_row = 0
+
+
 class Actor(core.Worker):
   """Steps a vector env with the latest policy and writes unrolls to replay."""
 
@@ -116,7 +142,11 @@ class Actor(core.Worker):
                key: jax.Array, variable_update_period: int,
                report: Optional[Callable[..., Any]] = None, logger=None,
                report_every_seconds: float = 0.5,
-               stop_event: Optional[threading.Event] = None):
+               stop_event: Optional[threading.Event] = None,
+               max_consecutive_env_errors: int = 10):
+    """An exception from `env.step` resets the env and is counted
+    (`env_errors`); `max_consecutive_env_errors` of them in a row end the
+    actor with the last one."""
     self._env = env
     self._policy = make_policy(network)
     self._variables = VariableClient(variable_source, variable_update_period)
@@ -128,6 +158,7 @@ class Actor(core.Worker):
     self._stop_event = stop_event
     self._num_envs = env.num_envs
     self._episodes = EpisodeTracker(self._num_envs)
+    self._env_errors = EnvErrorCounter(max_consecutive_env_errors)
 
   @core.names_failures("actor")
   def run(self, max_steps: Optional[int] = None,
@@ -141,7 +172,7 @@ class Actor(core.Worker):
     is_first = np.ones(n, np.bool_)
     done = np.zeros(n, np.bool_)  # whether obs is the last one of its episode
     env_steps = 0
-    unreported = {"env_steps": 0, "returns": [], "lengths": []}
+    unreported = _no_stats()
     last_report = t0 = time.monotonic()
     steps_at_last_report = 0
     vector_steps = 0
@@ -156,7 +187,19 @@ class Actor(core.Worker):
             policy_version=np.full(n, self._variables.version, np.int32))
         if self._writer.append(step):
           self._flush_until_written(stop)
-        obs, r, terminated, truncated, _ = self._env.step(action)
+        try:
+          obs, r, terminated, truncated, _ = self._env.step(action)
+        except Exception as e:  # pylint: disable=broad-except
+          # The unroll goes on from fresh episodes, as after a truncation:
+          # the last observation written is bootstrapped, its action unused.
+          self._env_errors.failed(e)
+          unreported["env_errors"] += 1
+          obs, _ = self._env.reset()
+          self._episodes = EpisodeTracker(n)
+          reward, discount = np.zeros(n, np.float32), np.ones(n, np.float32)
+          is_first, done = np.ones(n, np.bool_), np.zeros(n, np.bool_)
+          continue
+        self._env_errors.succeeded()
         # Next-step autoreset: an env whose episode ended on the previous step
         # was reset by this one (its action ignored, reward 0).
         returns, lengths = self._episodes.step(r, terminated, truncated, was_reset=done)
@@ -172,10 +215,10 @@ class Actor(core.Worker):
         now = time.monotonic()
         if now - last_report >= self._report_every:
           self._publish(unreported, env_steps, (env_steps - steps_at_last_report) / (now - last_report))
-          unreported = {"env_steps": 0, "returns": [], "lengths": []}
+          unreported = _no_stats()
           last_report, steps_at_last_report = now, env_steps
     finally:
-      if unreported["env_steps"] and not stop.is_set():
+      if (unreported["env_steps"] or unreported["env_errors"]) and not stop.is_set():
         self._publish(unreported, env_steps, env_steps / max(time.monotonic() - t0, 1e-9))
       self._writer.close()
     return env_steps
@@ -194,14 +237,14 @@ class Actor(core.Worker):
   def _publish(self, stats, total_steps: int, steps_per_second: float) -> None:
     if self._logger is not None:
       row = {"actor_env_steps": total_steps, "env_steps_per_second": steps_per_second,
-             "policy_version": self._variables.version}
+             "policy_version": self._variables.version, "env_errors": self._env_errors.total}
       if stats["returns"]:
         row["episode_return"] = float(np.mean(stats["returns"]))
         row["episode_length"] = float(np.mean(stats["lengths"]))
       self._logger.write(row)
     if self._report is not None:
       try:
-        self._report(stats["env_steps"], stats["returns"], stats["lengths"])
+        self._report(stats["env_steps"], stats["returns"], stats["lengths"], stats["env_errors"])
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("could not report actor stats: %s", e)
 

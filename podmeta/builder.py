@@ -173,7 +173,7 @@ def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_cl
       env=env, network=make_network(config, spec), variable_source=learner,
       writer=replay_lib.UnrollWriter(replay_client, make_spec(config, spec), config.envs_per_actor),
       key=jax.random.PRNGKey(seed), variable_update_period=config.variable_update_period,
-      report=report,
+      report=report, max_consecutive_env_errors=config.max_consecutive_env_errors,
       logger=loggers.make_logger(run_dir, f"actor_{actor_id}", "actor_env_steps"))
 
 

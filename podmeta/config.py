@@ -30,6 +30,9 @@ class Config:
   # local_mp: dead actor (and evaluator) processes are started again, at most
   # this many times in all; then the run goes on with fewer, or fails with none.
   actor_restarts: int = 10
+  # An env.step exception resets the actor's envs and is counted (env_errors);
+  # this many in a row end the actor, with the env's traceback in its log.
+  max_consecutive_env_errors: int = 10
   envs_per_actor: int = 16
   seed: int = 0
   # How many actor steps (vector steps) between parameter requests.
@@ -127,6 +130,7 @@ def _validate(c: Config) -> None:
   require(c.num_actors >= 1, "num_actors", "must be at least 1")
   require(c.actors_per_node >= 1, "actors_per_node", "must be at least 1")
   require(c.actor_restarts >= 0, "actor_restarts", "must be at least 0")
+  require(c.max_consecutive_env_errors >= 1, "max_consecutive_env_errors", "must be at least 1")
   require(c.envs_per_actor >= 1, "envs_per_actor", "must be at least 1")
   require(c.variable_update_period >= 1, "variable_update_period", "must be at least 1")
   require(c.torso in _TORSOS, "torso", f"must be one of {_TORSOS}")

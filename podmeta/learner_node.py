@@ -50,6 +50,20 @@ class Budget:
     return None
 
 
+def _run_each(steps) -> Optional[Exception]:
+  """Runs every (description, function) step; logs and returns the first failure."""
+  first = None
+  for description, function in steps:
+    if function is None:
+      continue
+    try:
+      function()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception("learner shutdown: could not %s", description)
+      first = first or e
+  return first
+
+
 class LearnerNode(core.Worker, core.VariableSource):
 
   def __init__(self, learner: Learner, make_prefetcher: Callable, checkpointer: Checkpointer,
@@ -82,6 +96,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     # Counters that survive a resume.
     self._env_steps = 0
     self._episodes = 0
+    self._env_errors = 0  # environment exceptions the actors recovered from
     self._recent_returns = collections.deque(maxlen=100)
     self._eval_return = float("nan")
     self._wall_seconds_before = 0.0
@@ -99,10 +114,12 @@ class LearnerNode(core.Worker, core.VariableSource):
   def get_variables(self):
     return self._learner.get_variables()
 
-  def report_actor(self, env_steps: int, returns: List[float], lengths: List[int]) -> None:
+  def report_actor(self, env_steps: int, returns: List[float], lengths: List[int],
+                   env_errors: int = 0) -> None:
     del lengths
     with self._lock:
       self._env_steps += int(env_steps)
+      self._env_errors += int(env_errors)
       self._episodes += len(returns)
       self._recent_returns.extend(float(r) for r in returns)
 
@@ -163,20 +180,26 @@ class LearnerNode(core.Worker, core.VariableSource):
       if exit_reason != "stopped":
         self._wait_for_first_eval(stop)
     finally:
-      prefetcher.close()
       wall = time.monotonic() - start
-      if metrics is not None or lags:
-        self._log(metrics, metric_steps, lags, max(time.monotonic() - last_log, 1e-9),
-                  steps_at_last_log, env_at_last_log)
-      self._save(wall)
-      self._write_summary(exit_reason or "error", wall)
-      if self._logger is not None:
-        self._logger.close()
+      last_row = (lambda: self._log(metrics, metric_steps, lags,
+                                    max(time.monotonic() - last_log, 1e-9), steps_at_last_log,
+                                    env_at_last_log)) if metrics is not None or lags else None
+      # Each step runs even if one before it fails, and a failure here never
+      # hides the exception that ended the loop (that one propagates).
+      cleanup_error = _run_each([
+          ("close the replay reader", prefetcher.close),
+          ("log the last metrics", last_row),
+          ("write the final checkpoint", lambda: self._save(wall)),
+          ("write summary.json", lambda: self._write_summary(exit_reason or "error", wall)),
+          ("close the logger", self._logger.close if self._logger is not None else None),
+      ])
       try:
         plotting.plot_run(self._run_dir)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("could not plot the learning curve: %s", e)
       logging.info("learner finished (%s) after %.1fs: %s", exit_reason, wall, self._run_dir)
+    if cleanup_error is not None:
+      raise cleanup_error
     if exit_reason != "stopped" and self._stop_program is not None:
       self._stop_program()
       # Keep serving until the stop request has reached every node, so that
@@ -204,7 +227,8 @@ class LearnerNode(core.Worker, core.VariableSource):
       # On a pod, process 0 checkpoints the pod's total; resumed, it counts on
       # from there and the other hosts from 0, so the sum stays the total.
       return {"env_steps": self._total_env_steps(), "learner_steps": self._learner.step_count,
-              "episodes": self._episodes, "recent_returns": list(self._recent_returns),
+              "episodes": self._episodes, "env_errors": self._env_errors,
+              "recent_returns": list(self._recent_returns),
               "eval_return": None if np.isnan(self._eval_return) else self._eval_return,
               "wall_seconds_total": self._wall_seconds_before + wall_seconds}
 
@@ -224,6 +248,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._learner.restore(state)
     self._env_steps = int(counters.get("env_steps", 0))
     self._episodes = int(counters.get("episodes", 0))
+    self._env_errors = int(counters.get("env_errors", 0))
     self._recent_returns.extend(counters.get("recent_returns", []))
     if counters.get("eval_return") is not None:
       self._eval_return = float(counters["eval_return"])
@@ -238,6 +263,7 @@ class LearnerNode(core.Worker, core.VariableSource):
       row = {"env_steps": self._env_steps, "learner_steps": self._learner.step_count,
              "wall_seconds": time.monotonic() - self._start,
              "episodes": self._episodes,
+             "env_errors": self._env_errors,
              "env_steps_per_second": (self._env_steps - env_before) / seconds,
              "learner_steps_per_second": (self._learner.step_count - steps_before) / seconds,
              "consumed_env_steps_per_second":
@@ -281,6 +307,7 @@ class LearnerNode(core.Worker, core.VariableSource):
         "env_steps": c["env_steps"],
         "learner_steps": c["learner_steps"],
         "episodes": c["episodes"],
+        "env_errors": c["env_errors"],
         "episode_return_mean": float(np.mean(c["recent_returns"])) if c["recent_returns"] else None,
         "eval_return_mean": c["eval_return"],
         "wall_seconds": wall,

@@ -145,3 +145,40 @@ def test_no_node_outlives_a_killed_launcher(tmp_path):
   s = helpers.summary(run_dir)
   assert s["exit_reason"] == "stopped"
   assert s["latest_checkpoint_step"] == s["learner_steps"] > 0
+
+
+class _FullDisk(Exception):
+  pass
+
+
+def test_a_failing_final_save_does_not_hide_the_error_that_ended_the_learner(tmp_path, caplog):
+  """In-process: a learner step that raises, then a final checkpoint that cannot be written."""
+  import threading
+  import envs
+  from podmeta import builder
+  from podmeta import checkpointing
+  from podmeta.config import Config
+  from podmeta.learner_node import Budget, LearnerNode
+
+  class Checkpointer(checkpointing.Checkpointer):
+    def save(self, *args, **kwargs):
+      raise _FullDisk("no space left on device")
+
+  class Prefetcher:  # hands out a batch of the wrong shape: the update raises
+    def get(self, timeout):
+      del timeout
+      return helpers.random_batch(spec, 4, 3, seed=0), 0
+
+    def close(self):
+      pass
+
+  config = Config(batch_size=8, unroll_length=5)
+  spec = envs.env_spec(config.env_id)
+  node = LearnerNode(builder.make_learner(config, spec, devices=jax.devices()[:1]), Prefetcher,
+                     Checkpointer(str(tmp_path / "ckpt")), str(tmp_path), Budget(max_env_steps=10),
+                     env_steps_per_batch=40, stop_event=threading.Event())
+  with caplog.at_level("ERROR"), pytest.raises(Exception) as info:
+    node.run()
+  assert not isinstance(info.value, _FullDisk), info.value  # the update's own error
+  assert "could not write the final checkpoint" in caplog.text
+  assert helpers.summary(str(tmp_path))["exit_reason"] == "error"
