@@ -139,7 +139,8 @@ def main(argv):
   summary = supervisor.record_outcome(host_dir, outcome, started_at)
   if outcome.failure:
     print(f"podmeta: error: {outcome.failure}", file=sys.stderr)
-    _exit_now(1)
+    # Not jax.distributed's shutdown: its barrier waits ~100 s for a lost host, then aborts.
+    _exit_now(1, run_atexit=not pod.enabled)
   if not summary:
     print(f"podmeta: error: the learner ended without writing {host_dir}/summary.json",
           file=sys.stderr)
@@ -174,7 +175,7 @@ def _run_threads(program) -> "supervisor.Outcome":
   return supervisor.Outcome()
 
 
-def _exit_now(code: int) -> None:
+def _exit_now(code: int, run_atexit: bool = True) -> None:
   """Exits without interpreter finalization.
 
   In local_mt the nodes' C++ threads (Reverb server and clients, TF's
@@ -183,7 +184,8 @@ def _exit_now(code: int) -> None:
   exception not rethrown") after a run that finished well. Everything the run
   writes is closed by its nodes before this point.
   """
-  atexit._run_exitfuncs()  # pylint: disable=protected-access  (Launchpad's temp files)
+  if run_atexit:
+    atexit._run_exitfuncs()  # pylint: disable=protected-access  (Launchpad's temp files)
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()

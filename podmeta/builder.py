@@ -136,7 +136,7 @@ def build_learner_node(config: Config, run_dir: str, replay_client, stop_program
   """The learner node; with `pod`, one of the lockstepped learners of a pod (podmeta.pod)."""
   quiet_third_party_logs()
   from podmeta.learner_node import Budget, LearnerNode, PROGRESS_KEYS
-  from podmeta.pod import HostSync
+  from podmeta.pod import HostSync, PodWatchdog
   spec = envs.env_spec(config.env_id)
   learner = make_learner(config, spec)
   address = replay_client.server_address
@@ -159,7 +159,8 @@ def build_learner_node(config: Config, run_dir: str, replay_client, stop_program
       stop_program=stop_program,
       replay_stats=lambda: replay_lib.table_stats(replay_client, unrolls_per_item(config)),
       expect_eval=config.eval_episodes > 0 and process_id == 0,
-      host_sync=HostSync() if pod else None)
+      host_sync=HostSync() if pod else None,
+      pod_watchdog=PodWatchdog() if pod else None)
 
 
 def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_client, learner):

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from typing import Callable, List, Optional
@@ -73,9 +74,11 @@ class LearnerNode(core.Worker, core.VariableSource):
                replay_stats: Optional[Callable[[], dict]] = None,
                expect_eval: bool = False,
                stop_event: Optional[threading.Event] = None,
-               host_sync: Optional[Callable] = None):
+               host_sync: Optional[Callable] = None,
+               pod_watchdog=None):
     """`checkpointer` is None on the hosts of a pod other than process 0;
-    `host_sync` (a podmeta.pod.HostSync) is given on every host of a pod."""
+    `host_sync` (a podmeta.pod.HostSync) and `pod_watchdog` (a
+    podmeta.pod.PodWatchdog) are given on every host of a pod."""
     self._learner = learner
     self._make_prefetcher = make_prefetcher
     self._checkpointer = checkpointer
@@ -92,6 +95,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._last_hyperparameters = {}  # meta-learned values at the last log
     self._stop_event = stop_event
     self._host_sync = host_sync
+    self._pod_watchdog = pod_watchdog
     self._lock = threading.Lock()
     # Counters that survive a resume.
     self._env_steps = 0
@@ -144,6 +148,8 @@ class LearnerNode(core.Worker, core.VariableSource):
     # and logged as means over the interval.
     metrics, metric_steps, lags = None, 0, []
     exit_reason, item = None, None
+    if self._pod_watchdog is not None:
+      self._pod_watchdog.start(self._pod_host_lost)
     try:
       while True:
         # On a pod every host takes the same decisions at the same iteration
@@ -180,6 +186,12 @@ class LearnerNode(core.Worker, core.VariableSource):
       if exit_reason != "stopped":
         self._wait_for_first_eval(stop)
     finally:
+      if self._pod_watchdog is not None:
+        if sys.exc_info()[0] is not None:
+          # A collective that failed (gloo: "connection reset by peer") most
+          # likely lost a host: let the watchdog say which, and end the run.
+          self._pod_watchdog.await_verdict()
+        self._pod_watchdog.stop()
       wall = time.monotonic() - start
       last_row = (lambda: self._log(metrics, metric_steps, lags,
                                     max(time.monotonic() - last_log, 1e-9), steps_at_last_log,
@@ -207,6 +219,38 @@ class LearnerNode(core.Worker, core.VariableSource):
       # instead of waiting on a server that is gone.
       stop.wait(timeout=10.0)
       time.sleep(_SHUTDOWN_GRACE_SECONDS)
+
+  def _pod_host_lost(self, process_id: int, why: str) -> None:
+    """Called by the pod watchdog's thread while this host's learner may be
+    blocked in a collective that will never complete: record the verdict and
+    end this host's whole program now. The newest periodic checkpoint is
+    what a resume continues from."""
+    message = f"pod process {process_id} lost ({why})"
+    logging.error("%s; stopping this host", message)
+    wall = time.monotonic() - self._start
+
+    summarise = lambda: self._write_summary("pod_host_lost", wall, with_digest=False,
+                                            error=message, lost_process=process_id)
+    # First what needs no device: the state may sit on a device stuck in
+    # the collective.
+    _run_each([("write summary.json", summarise)])
+
+    def save_and_summarise():
+      # The state is the last completed step's: a failed or blocked
+      # collective never replaced it.
+      self._save(wall)
+      summarise()  # now naming the final checkpoint
+
+    # Bounded, as this host must end either way (an interrupted save leaves
+    # only orbax's temporary directory, never a newest checkpoint).
+    writer = threading.Thread(target=save_and_summarise, daemon=True)
+    writer.start()
+    writer.join(timeout=15.0)
+    # This process ends here, so the launcher cannot print its error line.
+    sys.stderr.write(f"podmeta: error: {message}\n")
+    sys.stderr.flush()
+    logging.flush()
+    os._exit(1)  # pylint: disable=protected-access
 
   # -- helpers --------------------------------------------------------------
 
@@ -300,7 +344,8 @@ class LearnerNode(core.Worker, core.VariableSource):
       h.update(np.ascontiguousarray(leaf).tobytes())
     return h.hexdigest()
 
-  def _write_summary(self, exit_reason: str, wall: float) -> None:
+  def _write_summary(self, exit_reason: str, wall: float, with_digest: bool = True,
+                     **extra) -> None:
     c = self._counters(wall)
     steps = c["env_steps"] - self._env_steps_at_start
     summary = {
@@ -321,7 +366,8 @@ class LearnerNode(core.Worker, core.VariableSource):
         "checkpoint_dir": self._checkpointer.directory if self._checkpointer else None,
         "latest_checkpoint_step": self._checkpointer.latest_step() if self._checkpointer
                                   else None,
-        "params_sha256": self._params_digest(),
+        "params_sha256": self._params_digest() if with_digest else None,
+        **extra,
     }
     if self._host_sync is not None:
       summary["pod"] = {"process_id": self._host_sync.process_id,

@@ -76,3 +76,95 @@ class HostSync:
             env_steps & ((1 << _LOW_BITS) - 1))
     total = np.asarray(self._sum(jax.device_put_sharded(list(x), self._devices))[0])
     return bool(total[0]), total[1] == 0, (int(total[2]) << _LOW_BITS) + int(total[3])
+
+
+def _distributed_client():
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client
+
+
+class PodWatchdog:
+  """Notices a lost pod host within `timeout_s`, where a collective would block.
+
+  Every host's learner publishes a counter in jax.distributed's key-value
+  store every `period_s` and reads everyone else's. A host whose counter has
+  not moved for `timeout_s` (or, for process 0, whose store cannot be reached
+  for that long) is lost: `on_lost(process_id, why)` is called once, from
+  the watchdog's thread. JAX's own detection (missing coordination-service
+  heartbeats) takes about 100 s and aborts the process without naming the
+  host. A host that ends its run normally publishes "stopped" first.
+  """
+
+  _STOPPED = "stopped"
+
+  def __init__(self, timeout_s: float = 20.0, period_s: float = 2.0,
+               startup_grace_s: float = 60.0, client=None):
+    self._timeout = timeout_s
+    self._period = period_s
+    self._grace = startup_grace_s
+    self._client = client
+    self._stop = None
+    self._thread = None
+
+  def _key(self, process_id: int) -> str:
+    return f"podmeta/alive/{process_id}"
+
+  def start(self, on_lost) -> None:
+    import threading  # pylint: disable=g-import-not-at-top
+    self._client = self._client or _distributed_client()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._watch, args=(on_lost,), name="pod-watchdog",
+                                    daemon=True)
+    self._thread.start()
+
+  def await_verdict(self) -> None:
+    """Keeps watching for up to the timeout (after a collective failed: a
+    lost host is the likely cause, and `on_lost` names it)."""
+    if self._thread is not None:
+      self._thread.join(timeout=self._timeout + 2 * self._period)
+
+  def stop(self) -> None:
+    if self._thread is None:
+      return
+    self._stop.set()
+    self._thread.join(timeout=2 * self._period)
+    try:
+      self._client.key_value_set(self._key(jax.process_index()), self._STOPPED,
+                                 allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except
+      pass  # the store is gone with process 0; nobody is left to tell
+
+  def _watch(self, on_lost) -> None:
+    import time  # pylint: disable=g-import-not-at-top
+    me, others = jax.process_index(), [p for p in range(jax.process_count())
+                                       if p != jax.process_index()]
+    now = time.monotonic()
+    last_value = {p: None for p in others}
+    # Hosts finish building their learners at different times.
+    changed_at = {p: now + self._grace - self._timeout for p in others}
+    reached_store_at = now
+    beat = 0
+    while not self._stop.wait(self._period):
+      now = time.monotonic()
+      beat += 1
+      try:
+        self._client.key_value_set(self._key(me), str(beat), allow_overwrite=True)
+        reached_store_at = now
+      except Exception as e:  # pylint: disable=broad-except
+        if now - reached_store_at > self._timeout:
+          on_lost(0, f"its key-value store unreachable for {self._timeout:.0f} s: "
+                     f"{str(e).splitlines()[0][:200]}")
+          return
+        continue
+      for p in others:
+        try:
+          value = self._client.key_value_try_get(self._key(p))
+        except Exception:  # pylint: disable=broad-except
+          value = None  # not published yet
+        if value == self._STOPPED:
+          changed_at[p] = now
+        elif value != last_value[p]:
+          last_value[p], changed_at[p] = value, now
+        elif now - changed_at[p] > self._timeout:
+          on_lost(p, f"no heartbeat for {self._timeout:.0f} s")
+          return

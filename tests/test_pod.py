@@ -82,3 +82,27 @@ def test_sigterm_on_one_host_stops_the_whole_pod(tmp_path):
   assert host0["learner_steps"] == host1["learner_steps"] >= 5
   assert host0["params_sha256"] == host1["params_sha256"]
   assert host0["latest_checkpoint_step"] == host0["learner_steps"]  # final checkpoint written
+
+
+def test_a_killed_host_ends_the_others_with_an_error_naming_it(tmp_path):
+  import signal
+  import time
+  run_dir = str(tmp_path / "run")
+  port = _free_port()
+  procs = [helpers.start(helpers.train_command(
+      run_dir, f"--pod_coordinator=localhost:{port}", "--pod_num_processes=2",
+      f"--pod_process_id={i}", *SMALL, "--config.max_learner_steps=100000"),
+      env_overrides=TWO_DEVICES) for i in range(2)]
+  assert helpers.wait_for_learner_steps(run_dir, 5, 180, procs[0]), "the pod never trained"
+  os.killpg(procs[1].pid, signal.SIGKILL)  # host 1 and everything on it
+  killed_at = time.time()
+  code, out, left = helpers.finish(procs[0], timeout=120)
+  assert time.time() - killed_at < 60, "the surviving host took too long to stop"
+  assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  assert code == 1, out[-5000:]
+  assert "podmeta: error: pod process 1 lost (no heartbeat for 20 s)" in out
+  assert "run finished" not in out
+  s = helpers.summary(run_dir)
+  assert s["exit_reason"] == "pod_host_lost" and s["lost_process"] == 1
+  assert s["latest_checkpoint_step"] is not None  # the early checkpoint at least
+  helpers.finish(procs[1], timeout=10)
