@@ -1,6 +1,6 @@
 r"""BMG recovering a poor hyperparameter in the distributed trainer (CartPole).
 
-  python -m benchmarks.cartpole_recovery              # `make recovery`; ~10 min on 2 cores
+  python -m benchmarks.cartpole_recovery              # `make recovery`; ~20 min on 2 cores
 
 Three configurations, each a real `launch.train` run (local_mt, 2 actors) for
 `--steps` env steps and `--seeds` seeds:
@@ -10,7 +10,9 @@ Three configurations, each a real `launch.train` run (local_mt, 2 actors) for
 * BMG from poor: launch/configs/cartpole_bmg_recovery.py, the same poor
   start, with online BMG meta-learning the learning-rate scale (sigmoid in
   [0.01, 2], from `--poor_scale`), K = 1, L = 4, KL matching, the
-  meta-objective the policy gradient.
+  meta-objective the policy gradient, meta learning rate 1e-2.
+
+Runs are saved one by one to the json: a stopped benchmark continues.
 
 Writes the table between the cartpole_recovery markers of RESULTS.md and
 benchmarks/results/cartpole_recovery.{json,png}.
@@ -31,7 +33,7 @@ import numpy as np
 from benchmarks import markdown
 from podmeta import loggers
 
-_STEPS = flags.DEFINE_integer("steps", 600_000, "Env steps per run.")
+_STEPS = flags.DEFINE_integer("steps", 1_000_000, "Env steps per run.")
 _SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per configuration.")
 _POOR = flags.DEFINE_float("poor_scale", 0.1, "The poor start: this times the tuned learning rate.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for json and plot.")
@@ -82,8 +84,9 @@ def first_crossing(result) -> float:
 
 
 def table(results: Dict[str, List[dict]], steps: int) -> str:
-  rows = [f"| configuration | seeds | final return (last 100 episodes) | env steps to a return of "
-          f"{THRESHOLD:.0f} | final learning-rate scale |", "|---|---|---|---|---|"]
+  rows = [f"| configuration | seeds | final return (last 100 episodes) | best logged return | "
+          f"env steps to a return of {THRESHOLD:.0f} | final learning-rate scale |",
+          "|---|---|---|---|---|---|"]
   for label, seeds in results.items():
     final = [r["final_return"] for r in seeds]
     cross = [first_crossing(r) for r in seeds]
@@ -92,8 +95,9 @@ def table(results: Dict[str, List[dict]], steps: int) -> str:
                   else f"not within {steps:,}")
     scale = [r["meta/learning_rate_scale"][-1] for r in seeds if "meta/learning_rate_scale" in r]
     scale_text = " / ".join(f"{s:.2f}" for s in scale) if scale else "(fixed)"
+    best = [max(r["episode_return_mean"]) for r in seeds]
     rows.append(f"| {label} | {len(seeds)} | {' / '.join(f'{f:.0f}' for f in final)} | "
-                f"{cross_text} | {scale_text} |")
+                f"{' / '.join(f'{b:.0f}' for b in best)} | {cross_text} | {scale_text} |")
   return "\n".join(rows)
 
 
@@ -110,8 +114,9 @@ def plot(results: Dict[str, List[dict]], path: str) -> None:
       y[y < 0] = np.nan
       axes[0].plot(x, y, color=f"C{i}", lw=1, label=label if j == 0 else None)
       if "meta/learning_rate_scale" in r:
-        axes[1].plot(x, r["meta/learning_rate_scale"], color=f"C{i}", lw=1,
-                     label=label if j == 0 else None)
+        scale = np.asarray(r["meta/learning_rate_scale"], float)
+        scale[scale < 0] = np.nan  # rows logged before the first update
+        axes[1].plot(x, scale, color=f"C{i}", lw=1, label=label if j == 0 else None)
   axes[0].set_xlabel("env steps")
   axes[0].set_ylabel("training return (mean of last 100 episodes)")
   axes[1].set_xlabel("env steps")
@@ -125,6 +130,20 @@ def plot(results: Dict[str, List[dict]], path: str) -> None:
   plt.close(fig)
 
 
+def _load_matching(json_path: str) -> dict:
+  """The saved runs if they were made with these settings, else a fresh start."""
+  fresh = {"results": {}, "steps": _STEPS.value, "poor_scale": _POOR.value}
+  try:
+    with open(json_path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return fresh
+  if saved.get("steps") != _STEPS.value or saved.get("poor_scale") != _POOR.value:
+    logging.info("%s was made with other settings; starting again", json_path)
+    return fresh
+  return saved
+
+
 def main(argv):
   del argv
   json_path = os.path.join(_OUT.value, "cartpole_recovery.json")
@@ -132,12 +151,17 @@ def main(argv):
     with open(json_path) as f:
       saved = json.load(f)
   else:
-    results = {label: [run_one(args, seed, _STEPS.value) for seed in range(_SEEDS.value)]
-               for label, args in runs(_POOR.value).items()}
-    saved = {"results": results, "steps": _STEPS.value, "poor_scale": _POOR.value}
-    os.makedirs(_OUT.value, exist_ok=True)
-    with open(json_path, "w") as f:
-      json.dump(saved, f)
+    saved = _load_matching(json_path)
+    results = saved["results"]
+    for label, args in runs(_POOR.value).items():
+      done = results.setdefault(label, [])
+      for seed in range(len(done), _SEEDS.value):
+        done.append(run_one(args, seed, _STEPS.value))
+        # Saved after every run: a stopped benchmark continues from here.
+        os.makedirs(_OUT.value, exist_ok=True)
+        with open(json_path + ".tmp", "w") as f:
+          json.dump(saved, f)
+        os.replace(json_path + ".tmp", json_path)
   png = os.path.join(_OUT.value, "cartpole_recovery.png")
   plot(saved["results"], png)
   text = (table(saved["results"], saved["steps"])
