@@ -14,7 +14,7 @@ train: setup
 	$(PY) -m launch.train --config=$(CONFIG) $(ARGS)
 
 test: setup
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests -q $(ARGS)
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests -q --durations=15 $(ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.throughput $(ARGS)

@@ -36,6 +36,17 @@ def _run_pod(run_dir, learner_steps):
   return [helpers.summary(run_dir), helpers.summary(os.path.join(run_dir, "hosts", "1"))]
 
 
+def _start_long_pod(run_dir):
+  """Two hosts training with no budget in sight, once the learner has stepped."""
+  port = _free_port()
+  procs = [helpers.start(helpers.train_command(
+      run_dir, f"--pod_coordinator=localhost:{port}", "--pod_num_processes=2",
+      f"--pod_process_id={i}", *SMALL, "--config.max_learner_steps=100000"),
+      env_overrides=TWO_DEVICES) for i in range(2)]
+  assert helpers.wait_for_learner_steps(run_dir, 5, 180, procs[0]), "the pod never trained"
+  return procs
+
+
 def test_two_host_pod_trains_identical_parameters_and_resumes(tmp_path):
   run_dir = str(tmp_path / "run")
   host0, host1 = _run_pod(run_dir, 20)
@@ -64,12 +75,7 @@ def test_two_host_pod_trains_identical_parameters_and_resumes(tmp_path):
 def test_sigterm_on_one_host_stops_the_whole_pod(tmp_path):
   import signal
   run_dir = str(tmp_path / "run")
-  port = _free_port()
-  procs = [helpers.start(helpers.train_command(
-      run_dir, f"--pod_coordinator=localhost:{port}", "--pod_num_processes=2",
-      f"--pod_process_id={i}", *SMALL, "--config.max_learner_steps=100000"),
-      env_overrides=TWO_DEVICES) for i in range(2)]
-  assert helpers.wait_for_learner_steps(run_dir, 5, 180, procs[0]), "the pod never trained"
+  procs = _start_long_pod(run_dir)
   procs[1].send_signal(signal.SIGTERM)
   results = [helpers.finish(p, timeout=120) for p in procs]
   for code, out, left in results:
@@ -88,12 +94,7 @@ def test_a_killed_host_ends_the_others_with_an_error_naming_it(tmp_path):
   import signal
   import time
   run_dir = str(tmp_path / "run")
-  port = _free_port()
-  procs = [helpers.start(helpers.train_command(
-      run_dir, f"--pod_coordinator=localhost:{port}", "--pod_num_processes=2",
-      f"--pod_process_id={i}", *SMALL, "--config.max_learner_steps=100000"),
-      env_overrides=TWO_DEVICES) for i in range(2)]
-  assert helpers.wait_for_learner_steps(run_dir, 5, 180, procs[0]), "the pod never trained"
+  procs = _start_long_pod(run_dir)
   os.killpg(procs[1].pid, signal.SIGKILL)  # host 1 and everything on it
   killed_at = time.time()
   code, out, left = helpers.finish(procs[0], timeout=120)
