@@ -23,6 +23,7 @@ from podmeta import learning
 from podmeta import loggers
 from podmeta.logging_setup import quiet_third_party_logs
 from podmeta import networks as networks_lib
+from podmeta import node_entry
 from podmeta import replay as replay_lib
 from podmeta import types
 from podmeta.meta import params as meta_params
@@ -31,6 +32,7 @@ from podmeta.meta import update as meta_update
 # Seeds of the nodes are derived from config.seed with these offsets so that
 # actors, evaluator and learner never share a stream.
 _LEARNER_SEED, _EVAL_SEED, _ACTOR_SEED = 0, 1, 1000
+_RESTART_SEED_STRIDE = 1_000_003
 _CALL_TIMEOUT_SECONDS = 5.0
 
 
@@ -167,7 +169,10 @@ def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_cl
   quiet_third_party_logs()
   from podmeta.acting import Actor
   spec = envs.env_spec(config.env_id)
-  seed = config.seed * 7919 + _ACTOR_SEED + actor_id
+  # A restarted actor process (podmeta.supervisor) must not replay the
+  # episodes and action noise of the one it replaces.
+  restarts = int(os.environ.get(node_entry.RESTARTS_ENV, "0"))
+  seed = config.seed * 7919 + _ACTOR_SEED + actor_id + restarts * _RESTART_SEED_STRIDE
   env = envs.make_vector_env(config.env_id, config.envs_per_actor, seed)
   report = learner.futures.report_actor if hasattr(learner, "futures") else learner.report_actor
   return Actor(

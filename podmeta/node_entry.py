@@ -20,6 +20,8 @@ import sys
 
 _PR_SET_PDEATHSIG = 1
 LAUNCHER_PID_ENV = "PODMETA_LAUNCHER_PID"
+# How many times the supervisor has started this node again after it died.
+RESTARTS_ENV = "PODMETA_NODE_RESTARTS"
 
 
 def _die_with_launcher() -> None:

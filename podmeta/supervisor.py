@@ -64,6 +64,7 @@ class _Node:
   env: dict
   process: Optional[subprocess.Popen] = None
   returncode: Optional[int] = None
+  restarts: int = 0
   forwarder: Optional[threading.Thread] = None
 
   @property
@@ -175,7 +176,8 @@ class Supervisor:
     log_path = os.path.join(self._log_dir, f"{node.name}.log")
     with open(log_path, "ab") as log:
       start = log.tell()
-      node.process = subprocess.Popen(node.command, env=node.env, stdout=log,
+      env = {**node.env, node_entry.RESTARTS_ENV: str(node.restarts)}
+      node.process = subprocess.Popen(node.command, env=env, stdout=log,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     node.returncode = None
     node.forwarder = threading.Thread(target=self._follow, args=(node, log_path, start),
@@ -255,6 +257,7 @@ class Supervisor:
         self._outcome.actor_restarts += 1
       else:
         self._outcome.evaluator_restarts += 1
+      node.restarts += 1
       self._start(node)
       return
     logging.error("%s died (%s); no restarts left (actor_restarts=%d)", node.name, how,
