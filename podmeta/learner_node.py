@@ -65,6 +65,71 @@ def _run_each(steps) -> Optional[Exception]:
   return first
 
 
+class RunCounters(core.Saveable):
+  """What the actors and the evaluator report, kept across a resume.
+
+  Thread-safe: reports arrive on the learner's server threads while its loop
+  reads them.
+  """
+
+  def __init__(self, recent_episodes: int = 100):
+    self._lock = threading.Lock()
+    self._env_steps = 0
+    self._episodes = 0
+    self._env_errors = 0  # environment exceptions the actors recovered from
+    self._recent_returns = collections.deque(maxlen=recent_episodes)
+    self._eval_return = float("nan")
+
+  def add_actor_report(self, env_steps: int, returns: List[float], env_errors: int) -> None:
+    with self._lock:
+      self._env_steps += int(env_steps)
+      self._env_errors += int(env_errors)
+      self._episodes += len(returns)
+      self._recent_returns.extend(float(r) for r in returns)
+
+  def set_eval_return(self, mean_return: float) -> int:
+    """Records an evaluation; returns the env steps it is plotted against."""
+    with self._lock:
+      self._eval_return = float(mean_return)
+      return self._env_steps
+
+  @property
+  def env_steps(self) -> int:
+    return self._env_steps
+
+  @property
+  def has_eval(self) -> bool:
+    return not np.isnan(self._eval_return)
+
+  def save(self) -> dict:
+    """JSON-able: checkpointed beside the learner state."""
+    with self._lock:
+      return {"env_steps": self._env_steps, "episodes": self._episodes,
+              "env_errors": self._env_errors, "recent_returns": list(self._recent_returns),
+              "eval_return": None if np.isnan(self._eval_return) else self._eval_return}
+
+  def restore(self, state: dict) -> None:
+    with self._lock:
+      self._env_steps = int(state.get("env_steps", 0))
+      self._episodes = int(state.get("episodes", 0))
+      self._env_errors = int(state.get("env_errors", 0))
+      self._recent_returns.clear()
+      self._recent_returns.extend(state.get("recent_returns", []))
+      if state.get("eval_return") is not None:
+        self._eval_return = float(state["eval_return"])
+
+  def log_fields(self) -> dict:
+    """The counters as fields of a metrics row (the recent returns as their mean)."""
+    with self._lock:
+      row = {"env_steps": self._env_steps, "episodes": self._episodes,
+             "env_errors": self._env_errors}
+      if self._recent_returns:
+        row["episode_return_mean"] = float(np.mean(self._recent_returns))
+      if not np.isnan(self._eval_return):
+        row["eval_return"] = self._eval_return
+    return row
+
+
 class LearnerNode(core.Worker, core.VariableSource):
 
   def __init__(self, learner: Learner, make_prefetcher: Callable, checkpointer: Checkpointer,
@@ -96,21 +161,15 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._stop_event = stop_event
     self._host_sync = host_sync
     self._pod_watchdog = pod_watchdog
-    self._lock = threading.Lock()
-    # Counters that survive a resume.
-    self._env_steps = 0
-    self._episodes = 0
-    self._env_errors = 0  # environment exceptions the actors recovered from
-    self._recent_returns = collections.deque(maxlen=100)
-    self._eval_return = float("nan")
-    self._wall_seconds_before = 0.0
+    self._run = RunCounters()
+    self._wall_seconds_before = 0.0  # of the runs this one resumes
     self._start = time.monotonic()
     self._restore()
     if host_sync is not None:
       self._learner.sync_from_first_device()  # only process 0 restored a checkpoint
     # Env steps of every host of a pod (from the last HostSync), else this host's.
-    self._pod_env_steps = self._env_steps
-    self._env_steps_at_start = self._env_steps
+    self._pod_env_steps = self._run.env_steps
+    self._env_steps_at_start = self._run.env_steps
     self._learner_steps_at_start = self._learner.step_count
 
   # -- courier API ----------------------------------------------------------
@@ -121,17 +180,11 @@ class LearnerNode(core.Worker, core.VariableSource):
   def report_actor(self, env_steps: int, returns: List[float], lengths: List[int],
                    env_errors: int = 0) -> None:
     del lengths
-    with self._lock:
-      self._env_steps += int(env_steps)
-      self._env_errors += int(env_errors)
-      self._episodes += len(returns)
-      self._recent_returns.extend(float(r) for r in returns)
+    self._run.add_actor_report(env_steps, returns, env_errors)
 
   def report_eval(self, version: int, mean_return: float) -> int:
     del version
-    with self._lock:
-      self._eval_return = float(mean_return)
-      return self._env_steps
+    return self._run.set_eval_return(mean_return)
 
   # -- main loop ------------------------------------------------------------
 
@@ -143,7 +196,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     last_log = start
     last_ckpt = start - self._checkpoint_every + min(_FIRST_CHECKPOINT_SECONDS,
                                                      self._checkpoint_every)
-    steps_at_last_log, env_at_last_log = self._learner.step_count, self._env_steps
+    steps_at_last_log, env_at_last_log = self._learner.step_count, self._run.env_steps
     # Metrics are summed on device between log rows (no host sync per step)
     # and logged as means over the interval.
     metrics, metric_steps, lags = None, 0, []
@@ -162,7 +215,7 @@ class LearnerNode(core.Worker, core.VariableSource):
         ready = item is not None
         if self._host_sync is not None:
           any_stop, ready, self._pod_env_steps = self._host_sync(
-              exit_reason is not None, ready, self._env_steps)
+              exit_reason is not None, ready, self._run.env_steps)
           if any_stop and exit_reason is None:
             exit_reason = "stopped_by_another_host"
         if exit_reason:
@@ -178,7 +231,8 @@ class LearnerNode(core.Worker, core.VariableSource):
         if now - last_log >= self._log_every:
           self._log(metrics, metric_steps, lags, now - last_log, steps_at_last_log,
                     env_at_last_log)
-          last_log, steps_at_last_log, env_at_last_log = now, self._learner.step_count, self._env_steps
+          last_log, steps_at_last_log, env_at_last_log = (now, self._learner.step_count,
+                                                          self._run.env_steps)
           metrics, metric_steps, lags = None, 0, []
         if now - last_ckpt >= self._checkpoint_every:
           self._save(time.monotonic() - start)
@@ -259,22 +313,19 @@ class LearnerNode(core.Worker, core.VariableSource):
     (in local_mp its process is still importing); wait for one, bounded, so
     summary.json always has an evaluation of the trained policy."""
     deadline = time.monotonic() + _FIRST_EVAL_WAIT_SECONDS
-    while (self._expect_eval and np.isnan(self._eval_return) and not stop.is_set()
+    while (self._expect_eval and not self._run.has_eval and not stop.is_set()
            and time.monotonic() < deadline):
       time.sleep(0.1)
 
   def _total_env_steps(self) -> int:
-    return self._pod_env_steps if self._host_sync is not None else self._env_steps
+    return self._pod_env_steps if self._host_sync is not None else self._run.env_steps
 
   def _counters(self, wall_seconds: float) -> dict:
-    with self._lock:
-      # On a pod, process 0 checkpoints the pod's total; resumed, it counts on
-      # from there and the other hosts from 0, so the sum stays the total.
-      return {"env_steps": self._total_env_steps(), "learner_steps": self._learner.step_count,
-              "episodes": self._episodes, "env_errors": self._env_errors,
-              "recent_returns": list(self._recent_returns),
-              "eval_return": None if np.isnan(self._eval_return) else self._eval_return,
-              "wall_seconds_total": self._wall_seconds_before + wall_seconds}
+    # On a pod, process 0 checkpoints the pod's total; resumed, it counts on
+    # from there and the other hosts from 0, so the sum stays the total.
+    return {**self._run.save(), "env_steps": self._total_env_steps(),
+            "learner_steps": self._learner.step_count,
+            "wall_seconds_total": self._wall_seconds_before + wall_seconds}
 
   def _save(self, wall_seconds: float) -> None:
     if self._checkpointer is None:
@@ -290,32 +341,22 @@ class LearnerNode(core.Worker, core.VariableSource):
       return
     state, counters = restored
     self._learner.restore(state)
-    self._env_steps = int(counters.get("env_steps", 0))
-    self._episodes = int(counters.get("episodes", 0))
-    self._env_errors = int(counters.get("env_errors", 0))
-    self._recent_returns.extend(counters.get("recent_returns", []))
-    if counters.get("eval_return") is not None:
-      self._eval_return = float(counters["eval_return"])
+    self._run.restore(counters)
     self._wall_seconds_before = float(counters.get("wall_seconds_total", 0.0))
     logging.info("resumed from checkpoint: learner step %d, env step %d",
-                 self._learner.step_count, self._env_steps)
+                 self._learner.step_count, self._run.env_steps)
 
   def _log(self, metrics, metric_steps, lags, seconds, steps_before, env_before) -> None:
     if self._logger is None:
       return
-    with self._lock:
-      row = {"env_steps": self._env_steps, "learner_steps": self._learner.step_count,
-             "wall_seconds": time.monotonic() - self._start,
-             "episodes": self._episodes,
-             "env_errors": self._env_errors,
-             "env_steps_per_second": (self._env_steps - env_before) / seconds,
-             "learner_steps_per_second": (self._learner.step_count - steps_before) / seconds,
-             "consumed_env_steps_per_second":
-                 (self._learner.step_count - steps_before) * self._env_steps_per_batch / seconds}
-      if self._recent_returns:
-        row["episode_return_mean"] = float(np.mean(self._recent_returns))
-      if not np.isnan(self._eval_return):
-        row["eval_return"] = self._eval_return
+    row = self._run.log_fields()
+    row.update({
+        "learner_steps": self._learner.step_count,
+        "wall_seconds": time.monotonic() - self._start,
+        "env_steps_per_second": (row["env_steps"] - env_before) / seconds,
+        "learner_steps_per_second": (self._learner.step_count - steps_before) / seconds,
+        "consumed_env_steps_per_second":
+            (self._learner.step_count - steps_before) * self._env_steps_per_batch / seconds})
     if lags:
       row["policy_lag"] = float(np.mean(lags))
       row["policy_lag_max"] = float(np.max(lags))

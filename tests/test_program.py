@@ -139,7 +139,7 @@ def test_resume_continues_counters_and_parameters(tmp_path):
   assert version == first["learner_steps"]
   for a, b in zip(jax.tree.leaves(saved_first["params"]), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
-  assert node._env_steps == first["env_steps"]
+  assert node._run.env_steps == first["env_steps"]
   del node
 
   code, out, _ = helpers.run(
