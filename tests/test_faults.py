@@ -182,3 +182,27 @@ def test_a_failing_final_save_does_not_hide_the_error_that_ended_the_learner(tmp
   assert not isinstance(info.value, _FullDisk), info.value  # the update's own error
   assert "could not write the final checkpoint" in caplog.text
   assert helpers.summary(str(tmp_path))["exit_reason"] == "error"
+
+
+def test_after_a_sigkill_of_the_whole_program_a_resume_continues_from_the_checkpoint(tmp_path):
+  from podmeta import checkpointing
+  run_dir = str(tmp_path / "run")
+  # local_mt: every node is a thread of the launcher, so one SIGKILL takes all.
+  proc = helpers.start(helpers.train_command(
+      run_dir, "--num_actors=1", *FAST[1:], "--lp_launch_type=local_mt",
+      "--config.max_env_steps=100000000"), env_overrides=ONE_DEVICE)
+  _wait_for_checkpoint(run_dir, proc)
+  proc.kill()
+  proc.wait()
+  step, counters = checkpointing.read_latest_counters(os.path.join(run_dir, "checkpoints"))
+  assert step is not None and counters["env_steps"] > 0
+  code, out, left = helpers.run(helpers.train_command(
+      run_dir, "--num_actors=1", *FAST[1:], "--lp_launch_type=local_mt",
+      f"--config.max_env_steps={counters['env_steps'] + 20000}"), timeout=240,
+      env_overrides=ONE_DEVICE)
+  assert code == 0, out[-5000:]
+  s = helpers.summary(run_dir)
+  assert s["resumed_from_learner_steps"] == step
+  assert s["resumed_from_env_steps"] == counters["env_steps"]
+  assert s["learner_steps"] > step and s["env_steps"] >= counters["env_steps"] + 20000
+  assert s["episodes"] > counters["episodes"]
