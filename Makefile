@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= launch/configs/cartpole_impala.py
 ARGS ?=
 
-.PHONY: setup train test bench bench-actors bench-meta results recovery lock clean
+.PHONY: setup train test bench bench-actors bench-meta results recovery soak lock clean
 
 setup:
 	@bash scripts/install.sh
@@ -33,9 +33,14 @@ results: setup
 bench-meta: setup
 	$(PY) -m benchmarks.two_colours --speed $(ARGS)
 
-# BMG recovering a poor CartPole learning rate in the distributed trainer (~10 minutes).
+# BMG recovering a poor CartPole learning rate in the distributed trainer (~20 minutes).
 recovery: setup
 	$(PY) -m benchmarks.cartpole_recovery $(ARGS)
+
+# 30 minutes of local_mp with 8 actors, one SIGKILLed every 3 minutes: restarts,
+# counters and memory checked -> BENCHMARKS.md.
+soak: setup
+	$(PY) -m benchmarks.soak $(ARGS)
 
 # Regenerates requirements.lock from pyproject.toml (needs `uv` on PATH).
 lock:
