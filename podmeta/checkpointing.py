@@ -141,6 +141,18 @@ class Checkpointer:
         logging.warning("moved unreadable checkpoint %s to %s", src, dst)
     self._manager.reload()
 
+  def latest_counters(self) -> Tuple[Optional[int], Optional[Dict[str, Any]]]:
+    """(step, counters) of the newest checkpoint without reading its state."""
+    step = self.latest_step()
+    if step is None:
+      return None, None
+    newer = self._latest_counters(step)
+    if newer is not None:
+      return step, newer
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(counters=ocp.args.JsonRestore()))
+    return step, dict(restored["counters"])
+
   def close(self):
     self._manager.close()
 
@@ -152,15 +164,7 @@ def read_latest_counters(directory: str) -> Tuple[Optional[int], Optional[Dict[s
     return None, None
   checkpointer = Checkpointer(directory)
   try:
-    step = checkpointer.latest_step()
-    if step is None:
-      return None, None
-    newer = checkpointer._latest_counters(step)  # pylint: disable=protected-access
-    if newer is not None:
-      return step, newer
-    restored = checkpointer._manager.restore(  # pylint: disable=protected-access
-        step, args=ocp.args.Composite(counters=ocp.args.JsonRestore()))
-    return step, dict(restored["counters"])
+    return checkpointer.latest_counters()
   except Exception as e:  # pylint: disable=broad-except
     logging.warning("cannot read the counters of the newest checkpoint in %s: %s", directory, e)
     return None, None

@@ -194,8 +194,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     start = self._start = time.monotonic()
     prefetcher = self._make_prefetcher()
     last_log = start
-    last_ckpt = start - self._checkpoint_every + min(_FIRST_CHECKPOINT_SECONDS,
-                                                     self._checkpoint_every)
+    next_ckpt = start + min(_FIRST_CHECKPOINT_SECONDS, self._checkpoint_every)
     steps_at_last_log, env_at_last_log = self._learner.step_count, self._run.env_steps
     # Metrics are summed on device between log rows (no host sync per step)
     # and logged as means over the interval.
@@ -234,9 +233,9 @@ class LearnerNode(core.Worker, core.VariableSource):
           last_log, steps_at_last_log, env_at_last_log = (now, self._learner.step_count,
                                                           self._run.env_steps)
           metrics, metric_steps, lags = None, 0, []
-        if now - last_ckpt >= self._checkpoint_every:
+        if now >= next_ckpt:
           self._save(time.monotonic() - start)
-          last_ckpt = now
+          next_ckpt = now + self._checkpoint_every
       if exit_reason != "stopped":
         self._wait_for_first_eval(stop)
     finally:
