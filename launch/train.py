@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -98,6 +99,7 @@ def main(argv):
 
   import jax
   from podmeta import pod as pod_lib
+  from podmeta import pod_host
 
   try:
     values = _config_values()
@@ -116,7 +118,17 @@ def main(argv):
         "runs", f"{os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS['config']) or _DEFAULT_CONFIG))[0]}"
                 f"-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = os.path.abspath(run_dir)
+    if pod.enabled and not pod_host.is_child():
+      # The host's program runs in a child this process watches: see podmeta.pod_host.
+      info = os.path.join(tempfile.gettempdir(), f"podmeta-pod-host-{os.getpid()}.json")
+      try:
+        code = pod_host.run([sys.executable, "-m", "launch.train", *sys.argv[1:]], info)
+      finally:
+        if os.path.exists(info):
+          os.remove(info)
+      _exit_now(code, run_atexit=False)
     if pod.enabled:
+      pod_host.start_child()
       # Before anything touches a JAX backend.
       try:
         pod_lib.initialize(pod)
@@ -128,6 +140,12 @@ def main(argv):
 
   process_id = jax.process_index() if pod.enabled else 0
   host_dir = builder.host_run_dir(run_dir, process_id)
+  if pod.enabled:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    pod_host.write_info(pod_host.HostInfo(
+        process_id=process_id, num_processes=jax.process_count(),
+        coordinator_address=distributed.global_state.coordinator_address or "",
+        host_dir=host_dir))
   builder.write_config(config, host_dir)
   logging.info("run directory: %s", host_dir)
   program = builder.make_program(config, run_dir, pod=pod.enabled)

@@ -24,7 +24,8 @@ LAUNCHER_PID_ENV = "PODMETA_LAUNCHER_PID"
 RESTARTS_ENV = "PODMETA_NODE_RESTARTS"
 
 
-def _die_with_launcher() -> None:
+def die_with_launcher() -> None:
+  """SIGTERM to this process when its launcher (LAUNCHER_PID_ENV, the parent) dies."""
   libc = ctypes.CDLL(None, use_errno=True)
   if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
     raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
@@ -35,7 +36,7 @@ def _die_with_launcher() -> None:
 
 
 def main() -> None:
-  _die_with_launcher()
+  die_with_launcher()
   entry = sys.argv[1]
   sys.argv = sys.argv[1:]
   runpy.run_path(entry, run_name="__main__")

@@ -50,9 +50,12 @@ class Outcome:
   actors_lost: int = 0
   actor_restarts: int = 0
   evaluator_restarts: int = 0
+  lost_process: Optional[int] = None  # a pod host that was lost (podmeta.pod_host)
 
   @property
   def exit_reason(self) -> Optional[str]:
+    if self.lost_process is not None:
+      return "pod_host_lost"
     return f"{self.failed_node}_failed" if self.failed_node else None
 
 
@@ -293,6 +296,8 @@ def record_outcome(run_dir: str, outcome: Outcome, started_at: float) -> dict:
                  evaluator_restarts=outcome.evaluator_restarts)
   if outcome.failure:
     summary.update(exit_reason=outcome.exit_reason, error=outcome.failure)
+  if outcome.lost_process is not None:
+    summary["lost_process"] = outcome.lost_process
   with open(path + ".tmp", "w") as f:
     json.dump(summary, f, indent=2)
   os.replace(path + ".tmp", path)

@@ -107,3 +107,27 @@ def test_a_killed_host_ends_the_others_with_an_error_naming_it(tmp_path):
   assert s["exit_reason"] == "pod_host_lost" and s["lost_process"] == 1
   assert s["latest_checkpoint_step"] is not None  # the early checkpoint at least
   helpers.finish(procs[1], timeout=10)
+
+
+def test_a_killed_process_0_ends_the_others_with_an_error_naming_it(tmp_path):
+  """Process 0 hosts jax.distributed's coordination service: when it goes, JAX's
+  client aborts every other host's program within a second, unnamed; the
+  launcher watching that program names the lost host (podmeta.pod_host)."""
+  import signal
+  import time
+  run_dir = str(tmp_path / "run")
+  procs = _start_long_pod(run_dir)
+  os.killpg(procs[0].pid, signal.SIGKILL)
+  killed_at = time.time()
+  code, out, left = helpers.finish(procs[1], timeout=120)
+  assert time.time() - killed_at < 60, "the surviving host took too long to stop"
+  assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  assert code == 1, out[-5000:]
+  last = out.strip().splitlines()[-1]
+  assert last.startswith("podmeta: error: pod process 0 lost (its coordinator localhost:"), last
+  assert "run finished" not in out
+  s = helpers.summary(os.path.join(run_dir, "hosts", "1"))
+  assert s["exit_reason"] == "pod_host_lost" and s["lost_process"] == 0
+  # Process 0's newest checkpoint (the early one at least) is what a resume uses.
+  helpers.finish(procs[0], timeout=10)
+  assert os.listdir(os.path.join(run_dir, "checkpoints"))
