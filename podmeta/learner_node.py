@@ -130,6 +130,67 @@ class RunCounters(core.Saveable):
     return row
 
 
+class MetricsWindow:
+  """The learner's metrics between two log rows.
+
+  Step metrics are summed on device (no host sync per step) and logged as
+  means over the window, with the window's throughputs and policy lags.
+  """
+
+  def __init__(self, now: float, learner_steps: int, env_steps: int):
+    self._open(now, learner_steps, env_steps)
+
+  def _open(self, now: float, learner_steps: int, env_steps: int) -> None:
+    self._metrics, self._steps, self._lags = None, 0, []
+    self._start, self._learner_steps, self._env_steps = now, learner_steps, env_steps
+
+  def add(self, step_metrics, lag: int) -> None:
+    self._metrics = step_metrics if self._metrics is None else jax.tree.map(
+        jnp.add, self._metrics, step_metrics)
+    self._steps += 1
+    self._lags.append(lag)
+
+  @property
+  def empty(self) -> bool:
+    return not self._steps
+
+  def due(self, now: float, every_seconds: float) -> bool:
+    return now - self._start >= every_seconds
+
+  def close(self, now: float, learner_steps: int, env_steps: int,
+            env_steps_per_batch: int) -> dict:
+    """The window's row; a new window starts at `now`."""
+    seconds = max(now - self._start, 1e-9)
+    learned = learner_steps - self._learner_steps
+    row = {"env_steps_per_second": (env_steps - self._env_steps) / seconds,
+           "learner_steps_per_second": learned / seconds,
+           "consumed_env_steps_per_second": learned * env_steps_per_batch / seconds}
+    if self._lags:
+      row["policy_lag"] = float(np.mean(self._lags))
+      row["policy_lag_max"] = float(np.max(self._lags))
+    if self._metrics is not None:
+      row.update({k: float(np.asarray(v)[0]) / self._steps
+                  for k, v in jax.device_get(self._metrics).items()})
+    self._open(now, learner_steps, env_steps)
+    return row
+
+
+class CheckpointSchedule:
+  """A first checkpoint early (a crash in the first interval would lose every
+  step so far), then one every `every_seconds`."""
+
+  def __init__(self, now: float, every_seconds: float,
+               first_seconds: float = _FIRST_CHECKPOINT_SECONDS):
+    self._every = every_seconds
+    self._next = now + min(first_seconds, every_seconds)
+
+  def due(self, now: float) -> bool:
+    if now < self._next:
+      return False
+    self._next = now + self._every
+    return True
+
+
 class LearnerNode(core.Worker, core.VariableSource):
 
   def __init__(self, learner: Learner, make_prefetcher: Callable, checkpointer: Checkpointer,
@@ -193,12 +254,8 @@ class LearnerNode(core.Worker, core.VariableSource):
     stop = core.resolve_stop_event(self._stop_event)
     start = self._start = time.monotonic()
     prefetcher = self._make_prefetcher()
-    last_log = start
-    next_ckpt = start + min(_FIRST_CHECKPOINT_SECONDS, self._checkpoint_every)
-    steps_at_last_log, env_at_last_log = self._learner.step_count, self._run.env_steps
-    # Metrics are summed on device between log rows (no host sync per step)
-    # and logged as means over the interval.
-    metrics, metric_steps, lags = None, 0, []
+    window = MetricsWindow(start, self._learner.step_count, self._run.env_steps)
+    checkpoints = CheckpointSchedule(start, self._checkpoint_every)
     exit_reason, item = None, None
     if self._pod_watchdog is not None:
       self._pod_watchdog.start(self._pod_host_lost)
@@ -221,21 +278,13 @@ class LearnerNode(core.Worker, core.VariableSource):
           break
         if ready:
           (batch, version), item = item, None
-          lags.append(self._learner.step_count - version)
-          step_metrics = self._learner.step(batch)
-          metrics = step_metrics if metrics is None else jax.tree.map(
-              jnp.add, metrics, step_metrics)
-          metric_steps += 1
+          lag = self._learner.step_count - version
+          window.add(self._learner.step(batch), lag)
         now = time.monotonic()
-        if now - last_log >= self._log_every:
-          self._log(metrics, metric_steps, lags, now - last_log, steps_at_last_log,
-                    env_at_last_log)
-          last_log, steps_at_last_log, env_at_last_log = (now, self._learner.step_count,
-                                                          self._run.env_steps)
-          metrics, metric_steps, lags = None, 0, []
-        if now >= next_ckpt:
-          self._save(time.monotonic() - start)
-          next_ckpt = now + self._checkpoint_every
+        if window.due(now, self._log_every):
+          self._log(window)
+        if checkpoints.due(now):
+          self._save(now - start)
       if exit_reason != "stopped":
         self._wait_for_first_eval(stop)
     finally:
@@ -246,9 +295,7 @@ class LearnerNode(core.Worker, core.VariableSource):
           self._pod_watchdog.await_verdict()
         self._pod_watchdog.stop()
       wall = time.monotonic() - start
-      last_row = (lambda: self._log(metrics, metric_steps, lags,
-                                    max(time.monotonic() - last_log, 1e-9), steps_at_last_log,
-                                    env_at_last_log)) if metrics is not None or lags else None
+      last_row = None if window.empty else (lambda: self._log(window))
       # Each step runs even if one before it fails, and a failure here never
       # hides the exception that ended the loop (that one propagates).
       cleanup_error = _run_each([
@@ -345,25 +392,17 @@ class LearnerNode(core.Worker, core.VariableSource):
     logging.info("resumed from checkpoint: learner step %d, env step %d",
                  self._learner.step_count, self._run.env_steps)
 
-  def _log(self, metrics, metric_steps, lags, seconds, steps_before, env_before) -> None:
+  def _log(self, window: MetricsWindow) -> None:
+    """Closes the window into a metrics row: counters, throughputs, means, replay."""
+    now = time.monotonic()
+    row = self._run.log_fields()
+    row.update(learner_steps=self._learner.step_count, wall_seconds=now - self._start)
+    row.update(window.close(now, self._learner.step_count, row["env_steps"],
+                            self._env_steps_per_batch))
+    hyperparameters = {k[len("meta/"):]: v for k, v in row.items() if k.startswith("meta/")}
+    self._last_hyperparameters = hyperparameters or self._last_hyperparameters
     if self._logger is None:
       return
-    row = self._run.log_fields()
-    row.update({
-        "learner_steps": self._learner.step_count,
-        "wall_seconds": time.monotonic() - self._start,
-        "env_steps_per_second": (row["env_steps"] - env_before) / seconds,
-        "learner_steps_per_second": (self._learner.step_count - steps_before) / seconds,
-        "consumed_env_steps_per_second":
-            (self._learner.step_count - steps_before) * self._env_steps_per_batch / seconds})
-    if lags:
-      row["policy_lag"] = float(np.mean(lags))
-      row["policy_lag_max"] = float(np.max(lags))
-    if metrics is not None:
-      row.update({k: float(np.asarray(v)[0]) / metric_steps
-                  for k, v in jax.device_get(metrics).items()})
-      self._last_hyperparameters = {k[len("meta/"):]: v for k, v in row.items()
-                                    if k.startswith("meta/")}
     row.update(self._replay_info())
     self._logger.write(row)
 
