@@ -125,6 +125,24 @@ def test_losing_every_actor_with_no_restarts_left_is_an_error(tmp_path):
   assert s["latest_checkpoint_step"] == s["learner_steps"] > 0
 
 
+def test_a_failing_node_ends_a_local_mt_run_with_an_error_naming_it(tmp_path):
+  """local_mt: nodes are threads; an actor whose environment keeps failing
+  raises, and the launcher ends the run with its one line."""
+  run_dir = str(tmp_path / "run")
+  code, out, left = helpers.run(helpers.train_command(
+      run_dir, "--num_actors=1", "--lp_launch_type=local_mt", *FAST[1:],
+      "--config.env_id=podmeta/BrokenCartPole-v1", "--config.max_consecutive_env_errors=3"),
+      timeout=180, env_overrides=ONE_DEVICE)
+  assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  assert code == 1, out[-5000:]
+  assert ("podmeta: error: actor failed (RuntimeError: the environment failed 3 times in a "
+          "row (max_consecutive_env_errors=3); the last: EnvCrash: injected") in out
+  assert "EnvCrash" in out.split("podmeta: error:")[0]  # the env's traceback came first
+  assert "run finished" not in out
+  s = helpers.summary(run_dir)
+  assert s["exit_reason"] == "actor_failed" and s["error"].startswith("actor failed")
+
+
 def test_no_node_outlives_a_killed_launcher(tmp_path):
   run_dir = str(tmp_path / "run")
   proc = _start_long_run(run_dir)
