@@ -226,11 +226,15 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._wall_seconds_before = 0.0  # of the runs this one resumes
     self._start = time.monotonic()
     self._restore()
-    if host_sync is not None:
-      self._learner.sync_from_first_device()  # only process 0 restored a checkpoint
     # Env steps of every host of a pod (from the last HostSync), else this host's.
     self._pod_env_steps = self._run.env_steps
-    self._env_steps_at_start = self._run.env_steps
+    if host_sync is not None:
+      # Only process 0 restored a checkpoint (with the pod's total env steps;
+      # the other hosts count theirs from 0): every host takes its state and
+      # that total, so all of them report the same resume point.
+      self._learner.sync_from_first_device()
+      self._pod_env_steps = host_sync(False, True, self._run.env_steps)[2]
+    self._env_steps_at_start = self._pod_env_steps
     self._learner_steps_at_start = self._learner.step_count
 
   # -- courier API ----------------------------------------------------------

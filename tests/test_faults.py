@@ -143,6 +143,36 @@ def test_a_failing_node_ends_a_local_mt_run_with_an_error_naming_it(tmp_path):
   assert s["exit_reason"] == "actor_failed" and s["error"].startswith("actor failed")
 
 
+def test_the_listening_sockets_of_a_local_run_are_one_per_server_node(tmp_path):
+  """What a local run opens to the network, as README's "Open ports" says: one
+  port per node with a server (Reverb for the replay, Courier for the others),
+  on the wildcard address (neither library takes an address to bind), and
+  nothing else, the launcher included."""
+  import psutil
+  run_dir = str(tmp_path / "run")
+  proc = _start_long_run(run_dir)
+  try:
+    nodes = _node_pids(run_dir)
+    assert set(nodes) == {"replay", "learner", "actor_0", "actor_1", "evaluator"}, nodes
+
+    def listening(pid):
+      return [(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections("inet")
+              if c.status == psutil.CONN_LISTEN]
+    assert listening(proc.pid) == []
+    ports = {name: listening(pid) for name, pid in nodes.items()}
+    for name, sockets in ports.items():
+      assert len(sockets) == 1 and sockets[0][0] in ("::", "0.0.0.0"), (name, sockets)
+    others = [c for c in psutil.Process(proc.pid).children(recursive=True)
+              if c.pid not in nodes.values()]
+    for child in others:  # anything else the launcher started must not listen
+      assert listening(child.pid) == [], child.cmdline()
+    assert len({s[0][1] for s in ports.values()}) == len(nodes)
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    code, out, left = helpers.finish(proc, timeout=120)
+  assert code == 0 and not left, out[-3000:]
+
+
 def test_no_node_outlives_a_killed_launcher(tmp_path):
   run_dir = str(tmp_path / "run")
   proc = _start_long_run(run_dir)

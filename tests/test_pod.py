@@ -68,6 +68,9 @@ def test_two_host_pod_trains_identical_parameters_and_resumes(tmp_path):
   host0, host1 = _run_pod(run_dir, 30)
   for s in (host0, host1):
     assert s["resumed_from_learner_steps"] == 20 and s["learner_steps"] == 30
+  # Every host reports the pod's counters, resumed from the same point.
+  assert host0["resumed_from_env_steps"] == host1["resumed_from_env_steps"] > 0
+  assert host0["env_steps"] == host1["env_steps"] == host0["pod"]["env_steps"]
   assert host0["params_sha256"] == host1["params_sha256"] != first_digest
   assert host0["pod"]["env_steps"] >= host0["resumed_from_env_steps"]
 
