@@ -2,10 +2,14 @@
 
 Besides gymnasium's own ids: "podmeta/TwoColours-v0" (`two_colours`) and
 "podmeta/<Game>-v0" for every Atari game (`atari`), e.g. "podmeta/Pong-v0", and
-CartPoles that fail on purpose (`faulty`).
+CartPoles that fail on purpose (`faulty`). A user's own env is named the
+gymnasium way, "module:EnvId": the module is imported first (its import
+registers the env), in every process that makes the env.
 """
 
-from typing import NamedTuple, Tuple
+import importlib
+import json
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import gymnasium as gym
 import numpy as np
@@ -28,37 +32,105 @@ class EnvSpec(NamedTuple):
   num_actions: int
 
 
+def _import_module_of(env_id: str) -> str:
+  """Imports the module of a "module:EnvId" id (whose import registers the env,
+  as gymnasium does); returns the bare EnvId."""
+  module, sep, name = env_id.rpartition(":")
+  if not sep:
+    return env_id
+  try:
+    importlib.import_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (any error of the user's module)
+    raise ValueError(f"config field 'env_id': cannot import module {module!r} of {env_id!r} "
+                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+  return name
+
+
 def check_env_id(env_id: str) -> None:
   """Raises ValueError naming `env_id` if gymnasium does not know it."""
   register()
+  name = _import_module_of(env_id)
   try:
-    gym.spec(env_id)
+    gym.spec(name)
   except gym.error.Error as e:
-    raise ValueError(f"unknown env id {env_id!r} ({type(e).__name__})") from None
+    raise ValueError(f"config field 'env_id': unknown env id {env_id!r} "
+                     f"({type(e).__name__}: {str(e).splitlines()[0][:150]})") from None
 
 
-def env_spec(env_id: str) -> EnvSpec:
+def load_wrappers(names: Sequence[str]) -> List[Callable[[gym.Env], gym.Env]]:
+  """The "module:callable" wrappers of config.env_wrappers, each taking and returning an env."""
+  wrappers = []
+  for name in names:
+    module, sep, attr = name.partition(":")
+    if not sep or not module or not attr:
+      raise ValueError(f"config field 'env_wrappers': {name!r} is not 'module:callable' "
+                       f"(e.g. 'gymnasium.wrappers:FlattenObservation')")
+    try:
+      wrapper = getattr(importlib.import_module(module), attr)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"config field 'env_wrappers': cannot load {name!r} "
+                       f"({type(e).__name__}: {e})") from None
+    if not callable(wrapper):
+      raise ValueError(f"config field 'env_wrappers': {name!r} is not callable")
+    wrappers.append(wrapper)
+  return wrappers
+
+
+def make_env(env_id: str, env_kwargs: Optional[Mapping[str, Any]] = None,
+             wrappers: Sequence[str] = ()) -> gym.Env:
+  """One env: gym.make(env_id, **env_kwargs), then each wrapper in order.
+
+  Errors of the id, the kwargs or the wrappers are ValueErrors naming the
+  config field.
+  """
   register()
-  env = gym.make(env_id)
+  name = _import_module_of(env_id)
+  env_kwargs = dict(env_kwargs or {})
+  try:
+    env = gym.make(name, **env_kwargs)
+  except gym.error.Error as e:
+    raise ValueError(f"config field 'env_id': cannot make {env_id!r} "
+                     f"({type(e).__name__}: {str(e).splitlines()[0][:150]})") from None
+  except Exception as e:  # pylint: disable=broad-except  (the user's constructor)
+    field = "env_kwargs" if env_kwargs else "env_id"
+    given = f" with {json.dumps(env_kwargs)}" if env_kwargs else ""
+    raise ValueError(f"config field {field!r}: gym.make({env_id!r}){given} failed "
+                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+  for wrapper in load_wrappers(wrappers):
+    env = wrapper(env)
+  return env
+
+
+def env_spec(env_id: str, env_kwargs: Optional[Mapping[str, Any]] = None,
+             wrappers: Sequence[str] = ()) -> EnvSpec:
+  env = make_env(env_id, env_kwargs, wrappers)
   try:
     if not isinstance(env.action_space, gym.spaces.Discrete):
       raise ValueError(f"env {env_id!r}: podmeta needs a discrete action space, "
                        f"got {env.action_space}")
     space = env.observation_space
+    if not isinstance(space, gym.spaces.Box):
+      raise ValueError(
+          f"env {env_id!r}: podmeta needs an array (Box) observation space, got "
+          f"{type(space).__name__}; flatten it with "
+          f"--config.env_wrappers=\"('gymnasium.wrappers:FlattenObservation',)\"")
     return EnvSpec(tuple(space.shape), np.dtype(space.dtype), int(env.action_space.n))
   finally:
     env.close()
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int, **env_kwargs) -> gym.vector.VectorEnv:
+def make_vector_env(env_id: str, num_envs: int, seed: int, wrappers: Sequence[str] = (),
+                    **env_kwargs) -> gym.vector.VectorEnv:
   """A synchronous vector env that resets an episode one step after it ends.
 
   The "next step" autoreset keeps each final observation in the stream, which
   the V-trace loss needs to bootstrap truncated episodes (see podmeta.losses).
+  `wrappers` ("module:callable") wrap each env, after gym.make.
   """
   register()
-  env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+  name = _import_module_of(env_id)
+  env = gym.make_vec(name, num_envs=num_envs, vectorization_mode="sync",
                      vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
-                     **env_kwargs)
+                     wrappers=load_wrappers(wrappers) or None, **env_kwargs)
   env.reset(seed=seed)
   return env

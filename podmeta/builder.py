@@ -133,13 +133,23 @@ def host_run_dir(run_dir: str, process_id: int) -> str:
   return run_dir if process_id == 0 else os.path.join(run_dir, "hosts", str(process_id))
 
 
+def env_spec(config: Config) -> envs.EnvSpec:
+  """The spec of config's env, made with its kwargs and wrappers."""
+  return envs.env_spec(config.env_id, config.env_make_kwargs, config.env_wrappers)
+
+
+def vector_env(config: Config, num_envs: int, seed: int):
+  return envs.make_vector_env(config.env_id, num_envs, seed, config.env_wrappers,
+                              **config.env_make_kwargs)
+
+
 def build_learner_node(config: Config, run_dir: str, replay_client, stop_program=None,
                        pod: bool = False):
   """The learner node; with `pod`, one of the lockstepped learners of a pod (podmeta.pod)."""
   quiet_third_party_logs()
   from podmeta.learner_node import Budget, LearnerNode, PROGRESS_KEYS
   from podmeta.pod import HostSync, PodWatchdog
-  spec = envs.env_spec(config.env_id)
+  spec = env_spec(config)
   learner = make_learner(config, spec)
   address = replay_client.server_address
   process_id = jax.process_index() if pod else 0
@@ -168,12 +178,12 @@ def build_learner_node(config: Config, run_dir: str, replay_client, stop_program
 def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_client, learner):
   quiet_third_party_logs()
   from podmeta.acting import Actor
-  spec = envs.env_spec(config.env_id)
+  spec = env_spec(config)
   # A restarted actor process (podmeta.supervisor) must not replay the
   # episodes and action noise of the one it replaces.
   restarts = int(os.environ.get(node_entry.RESTARTS_ENV, "0"))
   seed = config.seed * 7919 + _ACTOR_SEED + actor_id + restarts * _RESTART_SEED_STRIDE
-  env = envs.make_vector_env(config.env_id, config.envs_per_actor, seed)
+  env = vector_env(config, config.envs_per_actor, seed)
   report = learner.futures.report_actor if hasattr(learner, "futures") else learner.report_actor
   return Actor(
       env=env, network=make_network(config, spec), variable_source=learner,
@@ -194,10 +204,10 @@ def build_actor_group(config: Config, actor_ids, run_dir: Optional[str], replay_
 def build_evaluator(config: Config, run_dir: Optional[str], learner):
   quiet_third_party_logs()
   from podmeta.evaluation import Evaluator
-  spec = envs.env_spec(config.env_id)
+  spec = env_spec(config)
   seed = config.seed * 7919 + _EVAL_SEED
   return Evaluator(
-      env=envs.make_vector_env(config.env_id, config.eval_episodes, seed),
+      env=vector_env(config, config.eval_episodes, seed),
       network=make_network(config, spec), variable_source=learner,
       key=jax.random.PRNGKey(seed), every_seconds=config.eval_every_seconds,
       logger=loggers.make_logger(run_dir, "evaluator", "learner_steps"),
@@ -217,7 +227,7 @@ def make_program(config: Config, run_dir: str, pod: bool = False):
   and learner, and only process 0 runs the evaluator and writes checkpoints.
   """
   import launchpad as lp
-  spec = envs.env_spec(config.env_id)
+  spec = env_spec(config)
   process_id = jax.process_index() if pod else 0
   host_dir = host_run_dir(run_dir, process_id)
   program = lp.Program("podmeta")
@@ -251,7 +261,7 @@ def make_program(config: Config, run_dir: str, pod: bool = False):
 def preflight(config: Config, run_dir: str, num_devices: Optional[int] = None) -> None:
   """Raises ValueError with a one-line message for any input that cannot work."""
   envs.check_env_id(config.env_id)
-  spec = envs.env_spec(config.env_id)
+  spec = env_spec(config)
   n = num_devices or jax.local_device_count()
   chunks = config.meta.batch_chunks
   if config.batch_size % (n * chunks):

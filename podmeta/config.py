@@ -7,6 +7,7 @@ downstream never mutates it.
 """
 
 import dataclasses
+import json
 from typing import Any, Mapping, Tuple
 
 from podmeta.meta.config import MetaConfig
@@ -22,7 +23,14 @@ class Config:
   """Everything a run needs besides its run directory and launch mode."""
 
   # Environment and actors.
+  # A gymnasium id; a user's own env as "module:EnvId" (the module, on the
+  # PYTHONPATH, registers it when imported).
   env_id: str = "CartPole-v1"
+  # Keyword arguments of gym.make, a JSON object: '{"length": 8}'.
+  env_kwargs: str = ""
+  # "module:callable" wrappers applied to every env, in order, after gym.make
+  # (e.g. "gymnasium.wrappers:FlattenObservation" for Dict observations).
+  env_wrappers: Tuple[str, ...] = ()
   num_actors: int = 2
   # Actors per Launchpad node (threads of one process in local_mp): a large
   # num_actors then needs num_actors / actors_per_node processes.
@@ -106,6 +114,8 @@ class Config:
     for name, value in values.items():
       if name == "meta":
         kwargs[name] = value if isinstance(value, MetaConfig) else MetaConfig.from_mapping(value)
+      elif name == "env_kwargs" and isinstance(value, Mapping):
+        kwargs[name] = json.dumps(dict(value), sort_keys=True)
       else:
         kwargs[name] = coerce(name, value, getattr(cls, name))
     return cls(**kwargs)
@@ -117,6 +127,11 @@ class Config:
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
+  @property
+  def env_make_kwargs(self) -> dict:
+    """env_kwargs parsed: the keyword arguments of gym.make."""
+    return json.loads(self.env_kwargs) if self.env_kwargs.strip() else {}
+
   def __post_init__(self):
     _validate(self)
 
@@ -127,6 +142,16 @@ def _validate(c: Config) -> None:
       raise ValueError(f"config field {field!r} {why} (got {getattr(c, field)!r})")
 
   require(bool(c.env_id), "env_id", "must be a gymnasium environment id")
+  if c.env_kwargs.strip():
+    try:
+      kwargs = json.loads(c.env_kwargs)
+    except ValueError as e:
+      raise ValueError(f"config field 'env_kwargs' is not valid JSON ({e}; got "
+                       f"{c.env_kwargs!r})") from None
+    require(isinstance(kwargs, dict), "env_kwargs",
+            "must be a JSON object of gym.make's keyword arguments, e.g. '{\"length\": 8}'")
+  require(all(isinstance(w, str) and ":" in w for w in c.env_wrappers), "env_wrappers",
+          "must be a tuple of 'module:callable' names")
   require(c.num_actors >= 1, "num_actors", "must be at least 1")
   require(c.actors_per_node >= 1, "actors_per_node", "must be at least 1")
   require(c.actor_restarts >= 0, "actor_restarts", "must be at least 0")

@@ -103,3 +103,52 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
   _run_and_check(helpers.train_command(str(run_dir)), "does not match",
                  {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
   assert _tree_digest(run_dir) == before
+
+
+@pytest.mark.parametrize("args, must_mention", [
+    (["--config.env_id=nosuchpkg.envs:Corridor-v0"],
+     "config field 'env_id': cannot import module 'nosuchpkg.envs'"),
+    (["--config.env_id=mypkg.envs:Hallway-v0"],
+     "config field 'env_id': unknown env id 'mypkg.envs:Hallway-v0'"),
+    (["--config.env_id=mypkg.envs:Corridor-v0", '--config.env_kwargs={"width": 3}'],
+     "config field 'env_kwargs': gym.make('mypkg.envs:Corridor-v0') with {\"width\": 3} failed "
+     "(TypeError"),
+    (["--config.env_id=mypkg.envs:Corridor-v0", '--config.env_kwargs={"length": 1}'],
+     "failed (ValueError: length must be at least 2"),
+    (['--config.env_kwargs={"length": 8'], "config field 'env_kwargs' is not valid JSON"),
+    (["--config.env_kwargs=[8]"], "config field 'env_kwargs' must be a JSON object"),
+    (["--config.env_wrappers=('gymnasium.wrappers:NoSuchWrapper',)"],
+     "config field 'env_wrappers': cannot load 'gymnasium.wrappers:NoSuchWrapper'"),
+])
+def test_bad_user_env(tmp_path, args, must_mention):
+  """A user's env named module:EnvId (examples/mypkg on the PYTHONPATH)."""
+  run_dir = tmp_path / "run"
+  _run_and_check(helpers.train_command(str(run_dir), *args), must_mention,
+                 {"XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+                  "PYTHONPATH": "examples"})
+  assert not run_dir.exists()
+
+
+def test_a_dict_observation_space_is_refused_with_the_wrapper_to_use():
+  with pytest.raises(ValueError, match="FlattenObservation"):
+    envs.env_spec(_dict_env_id())
+  # With the wrapper it names, the same env works.
+  spec = envs.env_spec(_dict_env_id(), wrappers=("gymnasium.wrappers:FlattenObservation",))
+  assert spec.obs_shape == (5,) and spec.num_actions == 2
+
+
+def _dict_env_id() -> str:
+  import gymnasium as gym
+  import numpy as np
+
+  class DictObs(gym.Env):
+    observation_space = gym.spaces.Dict({"a": gym.spaces.Box(0, 1, (3,), np.float32),
+                                         "b": gym.spaces.Discrete(2)})
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+      return self.observation_space.sample(), {}
+
+  if "test/DictObs-v0" not in gym.registry:
+    gym.register("test/DictObs-v0", entry_point=DictObs)
+  return "test/DictObs-v0"
