@@ -154,7 +154,7 @@ class FrameStack(gym.ObservationWrapper):
 
 def make_env(game: str, terminal_on_life_loss: bool = False, noop_max: int = NOOP_MAX,
              repeat_action_probability: float = REPEAT_ACTION_PROBABILITY,
-             full_action_space: bool = False) -> gym.Env:
+             full_action_space: bool = False, render_mode: Optional[str] = None) -> gym.Env:
   """The preprocessed env of one ALE game ("Pong", snake_case "ms_pacman" also works).
 
   The gymnasium entry point of the registered ids; `gym.make` adds the time limit.
@@ -164,7 +164,8 @@ def make_env(game: str, terminal_on_life_loss: bool = False, noop_max: int = NOO
   # one truncation, and ALE's would also count the no-op frames.
   env = gym.make(f"ALE/{game_name(game)}-v5", frameskip=1, obs_type="grayscale",
                  repeat_action_probability=repeat_action_probability,
-                 full_action_space=full_action_space, max_num_frames_per_episode=None)
+                 full_action_space=full_action_space, max_num_frames_per_episode=None,
+                 render_mode=render_mode)
   env = AtariPreprocessing(env, noop_max=noop_max, terminal_on_life_loss=terminal_on_life_loss)
   return FrameStack(env)
 

@@ -149,9 +149,14 @@ class TwoColoursEnv(gym.Env):
   episodes. Never terminates; the registration adds truncation.
   """
 
-  metadata = {"render_modes": []}
+  metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+  _CELL = 16  # pixels per cell of a rendered frame
 
-  def __init__(self, size: int = SIZE, swap_every: int = SWAP_EVERY, respawn: str = "all"):
+  def __init__(self, size: int = SIZE, swap_every: int = SWAP_EVERY, respawn: str = "all",
+               render_mode: Optional[str] = None):
+    if render_mode not in (None, "rgb_array"):
+      raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+    self.render_mode = render_mode
     if respawn not in RESPAWNS:
       raise ValueError(f"respawn must be one of {RESPAWNS}, got {respawn!r}")
     if size < 2:
@@ -166,6 +171,19 @@ class TwoColoursEnv(gym.Env):
     self.agent = np.zeros(2, np.int64)
     self.items = np.zeros((2, 2), np.int64)
     self.lifetime_step = 0
+
+  def render(self) -> np.ndarray:
+    """uint8 [size * 16, size * 16, 3]: the agent white, the items blue and red,
+    the item worth +1 now outlined in yellow."""
+    frame = np.full((self.size, self.size, 3), 40, np.uint8)
+    frame[self.items[BLUE][1], self.items[BLUE][0]] = (40, 90, 230)
+    frame[self.items[RED][1], self.items[RED][0]] = (220, 50, 50)
+    frame[self.agent[1], self.agent[0]] = (240, 240, 240)
+    frame = frame.repeat(self._CELL, 0).repeat(self._CELL, 1)
+    x, y = self.items[positive_colour(self.lifetime_step, self.swap_every)] * self._CELL
+    c = self._CELL
+    frame[y:y + c, [x, x + c - 1]] = frame[[y, y + c - 1], x:x + c] = (250, 220, 40)
+    return frame
 
   def set_state(self, agent, items, lifetime_step: int) -> None:
     """Places the entities and sets the counter (tests, scripted runs)."""

@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from podmeta import supervisor
 
 _DEFAULT_CONFIG = "launch/configs/cartpole_impala.py"
-_CONFIG = None  # defined in __main__: with a default file, defining it applies overrides
+_CONFIG = None  # defined by run()
 _NUM_ACTORS = flags.DEFINE_integer("num_actors", None, "Number of actors (overrides the config).")
 _RUN_DIR = flags.DEFINE_string("run_dir", None,
                                "Run directory (default: runs/<config>-<time>). Reused to resume.")
@@ -212,10 +212,18 @@ def _exit_now(code: int, run_atexit: bool = True) -> None:
 
 FLAGS = flags.FLAGS
 
-if __name__ == "__main__":
+
+def run() -> None:
+  """Parses sys.argv and trains (`python -m launch.train`, `podmeta train`)."""
+  global _CONFIG
   try:
+    # Defined here, not at import: with a default file, defining it applies overrides.
     _CONFIG = config_flags.DEFINE_config_file(
         "config", _DEFAULT_CONFIG, "Path to a config file (get_config()).", lock_config=True)
   except Exception as e:  # pylint: disable=broad-except
     _config_error(e)
   app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,94 @@
+"""`podmeta evaluate`: a run's newest checkpoint evaluated, an episode filmed."""
+
+import json
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+import envs
+from envs import two_colours
+from tests import helpers
+
+ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+PODMETA = os.path.join(os.path.dirname(sys.executable), "podmeta")
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory):
+  run_dir = str(tmp_path_factory.mktemp("eval") / "run")
+  code, out, _ = helpers.run(helpers.train_command(
+      run_dir, "--num_actors=1", "--config.envs_per_actor=8", "--config.batch_size=8",
+      "--config.max_env_steps=30000", "--config.eval_episodes=0"),
+      timeout=240, env_overrides=ONE_DEVICE)
+  assert code == 0, out[-3000:]
+  return run_dir
+
+
+def _json_of(out: str) -> dict:
+  return json.loads(out[out.index("{\n"):out.rindex("\n}") + 2])
+
+
+def test_evaluate_reports_returns_and_writes_a_gif_of_one_episode(cartpole_run, tmp_path):
+  video = str(tmp_path / "episode.gif")
+  code, out, left = helpers.run(
+      [PODMETA, "evaluate", cartpole_run, "--episodes=4", f"--video={video}",
+       "--video_max_frames=40", "--video_fps=20"], timeout=120, env_overrides=ONE_DEVICE)
+  assert code == 0 and not left, out[-3000:]
+  result = _json_of(out)
+  summary = helpers.summary(cartpole_run)
+  assert result["learner_steps"] == summary["latest_checkpoint_step"]
+  assert result["episodes"] == len(result["returns"]) == 4
+  assert result["return_mean"] == pytest.approx(np.mean(result["returns"]))
+  assert all(r >= 1 for r in result["returns"])  # CartPole: +1 per step
+  # The episode's frames: the first observation's, then one per step, capped.
+  frames = result["video_frames"]
+  assert frames == min(result["video_episode_steps"] + 1, 40)
+  with Image.open(video) as gif:
+    assert gif.size == (600, 400)  # CartPole's rgb_array frame
+    # The writer merges identical consecutive frames (adding their
+    # durations), so the frames are counted by the total duration.
+    total = 0
+    for i in range(gif.n_frames):
+      gif.seek(i)
+      total += gif.info["duration"]
+  assert total == frames * (1000 // 20)
+  assert f"podmeta: {cartpole_run} at learner step" in out.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("make_dir, must_mention", [
+    (lambda d: d, "is not a run directory (no config.json)"),
+    (None, "no checkpoint in"),
+])
+def test_evaluate_refuses_what_it_cannot_evaluate(cartpole_run, tmp_path, make_dir, must_mention):
+  run_dir = str(tmp_path / "empty")
+  os.makedirs(run_dir)
+  if make_dir is None:  # a run directory whose checkpoints are gone
+    with open(os.path.join(cartpole_run, "config.json")) as f:
+      config = f.read()
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+      f.write(config)
+  code, out, _ = helpers.run([PODMETA, "evaluate", run_dir], timeout=120,
+                             env_overrides=ONE_DEVICE)
+  errors = [l for l in out.splitlines() if l.startswith("podmeta: error:")]
+  assert code == 2 and len(errors) == 1 and must_mention in errors[0], out[-2000:]
+  assert "Traceback" not in out
+
+
+def test_the_grid_world_and_atari_render_rgb_frames():
+  env = envs.make_env(two_colours.ENV_ID, {"render_mode": "rgb_array"})
+  env.reset(seed=0)
+  inner = env.unwrapped
+  inner.set_state(agent=(0, 0), items=[(4, 4), (2, 3)], lifetime_step=0)
+  frame = env.render()
+  assert frame.shape == (80, 80, 3) and frame.dtype == np.uint8
+  assert tuple(frame[8, 8]) == (240, 240, 240)  # the agent at cell (0, 0)
+  assert tuple(frame[4 * 16 + 8, 4 * 16 + 8]) == (40, 90, 230)  # blue at (4, 4)
+  assert tuple(frame[3 * 16 + 8, 2 * 16 + 8]) == (220, 50, 50)  # red at x=2, y=3
+  env.close()
+  pong = envs.make_env("podmeta/Pong-v0", {"render_mode": "rgb_array"})
+  pong.reset(seed=0)
+  assert pong.render().shape == (210, 160, 3)
+  pong.close()
