@@ -31,7 +31,7 @@ _FIRST_EVAL_WAIT_SECONDS = 60.0
 # A crash in the first interval would otherwise lose every step taken so far.
 _FIRST_CHECKPOINT_SECONDS = 10.0
 
-PROGRESS_KEYS = ["env_steps", "env_steps_per_second", "learner_steps", "episode_return_mean",
+PROGRESS_KEYS = ["progress", "eta_seconds", "env_steps", "env_steps_per_second", "learner_steps", "episode_return_mean",
                  "eval_return", "policy_lag", "loss", "meta_loss", "meta/"]
 
 
@@ -49,6 +49,39 @@ class Budget:
     if self.max_seconds and seconds >= self.max_seconds:
       return "max_seconds"
     return None
+
+
+class Progress:
+  """How far the run is towards its budget, and when it will get there.
+
+  The fraction is that of the budget nearest to its limit (env steps, learner
+  steps or seconds); the ETA extrapolates its rate since this run started (a
+  resumed run starts part of the way).
+  """
+
+  def __init__(self, budget: Budget, env_steps: int, learner_steps: int, now: float):
+    self._budget = budget
+    self._start = now
+    self._first = self.fraction(env_steps, learner_steps, 0.0)
+
+  def fraction(self, env_steps: int, learner_steps: int, seconds: float) -> float:
+    b, parts = self._budget, []
+    if b.max_env_steps:
+      parts.append(env_steps / b.max_env_steps)
+    if b.max_learner_steps:
+      parts.append(learner_steps / b.max_learner_steps)
+    if b.max_seconds:
+      parts.append(seconds / b.max_seconds)
+    return min(1.0, max(parts)) if parts else 0.0
+
+  def fields(self, env_steps: int, learner_steps: int, now: float) -> dict:
+    """{"progress": fraction, "eta_seconds": seconds left (absent until it moves)}."""
+    elapsed = now - self._start
+    done = self.fraction(env_steps, learner_steps, elapsed)
+    row = {"progress": done}
+    if done > self._first and elapsed > 0:
+      row["eta_seconds"] = elapsed * (1.0 - done) / (done - self._first)
+    return row
 
 
 def _run_each(steps) -> Optional[Exception]:
@@ -257,6 +290,8 @@ class LearnerNode(core.Worker, core.VariableSource):
   def run(self) -> None:
     stop = core.resolve_stop_event(self._stop_event)
     start = self._start = time.monotonic()
+    self._progress = Progress(self._budget, self._total_env_steps(), self._learner.step_count,
+                              start)
     prefetcher = self._make_prefetcher()
     window = MetricsWindow(start, self._learner.step_count, self._run.env_steps)
     checkpoints = CheckpointSchedule(start, self._checkpoint_every)
@@ -403,6 +438,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     row.update(learner_steps=self._learner.step_count, wall_seconds=now - self._start)
     row.update(window.close(now, self._learner.step_count, row["env_steps"],
                             self._env_steps_per_batch))
+    row.update(self._progress.fields(self._total_env_steps(), self._learner.step_count, now))
     hyperparameters = {k[len("meta/"):]: v for k, v in row.items() if k.startswith("meta/")}
     self._last_hyperparameters = hyperparameters or self._last_hyperparameters
     if self._logger is None:

@@ -5,8 +5,10 @@ Rows are dicts of scalars; a resumed run appends to the same files.
 """
 
 import csv
+import datetime
 import numbers
 import os
+import sys
 import time
 from typing import Dict, List, Mapping, Optional
 
@@ -97,6 +99,9 @@ class TerminalLogger:
     self._every = every_seconds
     self._keys = keys
     self._last = 0.0
+    # A bar where a person watches (the learner's own terminal); the same
+    # numbers without it where output goes to a file (a local_mp node's log).
+    self._bar = sys.stderr.isatty()
 
   def write(self, row: Mapping) -> None:
     now = time.monotonic()
@@ -105,10 +110,27 @@ class TerminalLogger:
     self._last = now
     row = _scalars(row)
     keys = _select(row, self._keys) if self._keys else list(row)
-    logging.info("[%s] %s", self._label, " | ".join(f"{k}={_fmt(row[k])}" for k in keys))
+    head = ""
+    if "progress" in keys:
+      head = progress_text(row["progress"], row.get("eta_seconds"), self._bar) + " | "
+      keys = [k for k in keys if k not in ("progress", "eta_seconds")]
+    logging.info("[%s] %s%s", self._label, head,
+                 " | ".join(f"{k}={_fmt(row[k])}" for k in keys))
 
   def close(self) -> None:
     pass
+
+
+def progress_text(fraction: float, eta_seconds: Optional[float], bar: bool = False,
+                  width: int = 20) -> str:
+  """'47% ETA 0:00:31', with a bar '[#########-----------] ' in front when `bar`."""
+  text = f"{100 * fraction:3.0f}%"
+  if bar:
+    filled = int(round(width * fraction))
+    text = "[" + "#" * filled + "-" * (width - filled) + "] " + text
+  if eta_seconds is not None:
+    text += f" ETA {datetime.timedelta(seconds=int(round(eta_seconds)))}"
+  return text
 
 
 def _fmt(v: float) -> str:

@@ -47,3 +47,20 @@ def test_run_counters_round_trip_through_save_and_restore():
   assert resumed.save() == saved and resumed.has_eval
   assert resumed.log_fields() == {"env_steps": 800, "episodes": 4, "env_errors": 1,
                                   "episode_return_mean": 3.0, "eval_return": 7.5}
+
+
+def test_progress_is_the_budget_nearest_its_limit_and_extrapolates_an_eta():
+  from podmeta.learner_node import Budget, Progress
+  from podmeta.loggers import progress_text
+  # Resumed at 20% of the env-step budget; the learner-step budget is further off.
+  progress = Progress(Budget(max_env_steps=1000, max_learner_steps=100), env_steps=200,
+                      learner_steps=10, now=50.0)
+  assert progress.fields(200, 10, now=50.0) == {"progress": 0.2}  # no rate yet
+  row = progress.fields(600, 30, now=60.0)
+  assert row["progress"] == 0.6
+  assert abs(row["eta_seconds"] - 10.0 * 0.4 / 0.4) < 1e-9  # 40% more at 40% per 10 s
+  assert progress.fields(600, 90, now=60.0)["progress"] == 0.9  # learner steps lead now
+  timed = Progress(Budget(max_seconds=200.0), 0, 0, now=0.0)
+  assert timed.fields(0, 0, now=50.0) == {"progress": 0.25, "eta_seconds": 150.0}
+  assert progress_text(0.25, 150.0) == " 25% ETA 0:02:30"
+  assert progress_text(0.5, None, bar=True, width=10) == "[#####-----]  50%"
