@@ -112,6 +112,7 @@ class RunCounters(core.Saveable):
     self._env_errors = 0  # environment exceptions the actors recovered from
     self._recent_returns = collections.deque(maxlen=recent_episodes)
     self._eval_return = float("nan")
+    self._eval_learner_steps = None  # the parameters' version it evaluated
 
   def add_actor_report(self, env_steps: int, returns: List[float], env_errors: int) -> None:
     with self._lock:
@@ -120,10 +121,12 @@ class RunCounters(core.Saveable):
       self._episodes += len(returns)
       self._recent_returns.extend(float(r) for r in returns)
 
-  def set_eval_return(self, mean_return: float) -> int:
-    """Records an evaluation; returns the env steps it is plotted against."""
+  def set_eval_return(self, mean_return: float, learner_steps: Optional[int] = None) -> int:
+    """Records an evaluation (of the parameters after `learner_steps`); returns
+    the env steps it is plotted against."""
     with self._lock:
       self._eval_return = float(mean_return)
+      self._eval_learner_steps = None if learner_steps is None else int(learner_steps)
       return self._env_steps
 
   @property
@@ -139,7 +142,8 @@ class RunCounters(core.Saveable):
     with self._lock:
       return {"env_steps": self._env_steps, "episodes": self._episodes,
               "env_errors": self._env_errors, "recent_returns": list(self._recent_returns),
-              "eval_return": None if np.isnan(self._eval_return) else self._eval_return}
+              "eval_return": None if np.isnan(self._eval_return) else self._eval_return,
+              "eval_learner_steps": self._eval_learner_steps}
 
   def restore(self, state: dict) -> None:
     with self._lock:
@@ -150,6 +154,7 @@ class RunCounters(core.Saveable):
       self._recent_returns.extend(state.get("recent_returns", []))
       if state.get("eval_return") is not None:
         self._eval_return = float(state["eval_return"])
+        self._eval_learner_steps = state.get("eval_learner_steps")
 
   def log_fields(self) -> dict:
     """The counters as fields of a metrics row (the recent returns as their mean)."""
@@ -281,8 +286,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._run.add_actor_report(env_steps, returns, env_errors)
 
   def report_eval(self, version: int, mean_return: float) -> int:
-    del version
-    return self._run.set_eval_return(mean_return)
+    return self._run.set_eval_return(mean_return, version)
 
   # -- main loop ------------------------------------------------------------
 
@@ -474,6 +478,9 @@ class LearnerNode(core.Worker, core.VariableSource):
         "env_errors": c["env_errors"],
         "episode_return_mean": float(np.mean(c["recent_returns"])) if c["recent_returns"] else None,
         "eval_return_mean": c["eval_return"],
+        # The evaluation may be of older parameters than the final ones: it
+        # runs every eval_every_seconds.
+        "eval_learner_steps": c["eval_learner_steps"],
         "wall_seconds": wall,
         "wall_seconds_total": c["wall_seconds_total"],
         "env_steps_per_second": steps / wall if wall > 0 else 0.0,

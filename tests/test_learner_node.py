@@ -38,10 +38,11 @@ def test_run_counters_round_trip_through_save_and_restore():
   counters = RunCounters(recent_episodes=3)
   counters.add_actor_report(500, [1.0, 2.0], env_errors=1)
   counters.add_actor_report(300, [3.0, 4.0], env_errors=0)
-  assert counters.set_eval_return(7.5) == 800
+  assert counters.set_eval_return(7.5, learner_steps=12) == 800
   saved = counters.save()
   assert saved == {"env_steps": 800, "episodes": 4, "env_errors": 1,
-                   "recent_returns": [2.0, 3.0, 4.0], "eval_return": 7.5}
+                   "recent_returns": [2.0, 3.0, 4.0], "eval_return": 7.5,
+                   "eval_learner_steps": 12}
   resumed = RunCounters(recent_episodes=3)
   resumed.restore(saved)
   assert resumed.save() == saved and resumed.has_eval
