@@ -341,11 +341,15 @@ class LearnerNode(core.Worker, core.VariableSource):
       last_row = None if window.empty else (lambda: self._log(window))
       # Each step runs even if one before it fails, and a failure here never
       # hides the exception that ended the loop (that one propagates).
+      # One snapshot for both: actors keep reporting env steps while the
+      # checkpoint is written, and summary.json must say what a resume gets.
+      final = self._counters(wall)
       cleanup_error = _run_each([
           ("close the replay reader", prefetcher.close),
           ("log the last metrics", last_row),
-          ("write the final checkpoint", lambda: self._save(wall)),
-          ("write summary.json", lambda: self._write_summary(exit_reason or "error", wall)),
+          ("write the final checkpoint", lambda: self._save(wall, final)),
+          ("write summary.json", lambda: self._write_summary(exit_reason or "error", wall,
+                                                             counters=final)),
           ("close the logger", self._logger.close if self._logger is not None else None),
       ])
       try:
@@ -371,9 +375,11 @@ class LearnerNode(core.Worker, core.VariableSource):
     message = f"pod process {process_id} lost ({why})"
     logging.error("%s; stopping this host", message)
     wall = time.monotonic() - self._start
+    final = self._counters(wall)
 
     summarise = lambda: self._write_summary("pod_host_lost", wall, with_digest=False,
-                                            error=message, lost_process=process_id)
+                                            counters=final, error=message,
+                                            lost_process=process_id)
     # First what needs no device: the state may sit on a device stuck in
     # the collective.
     _run_each([("write summary.json", summarise)])
@@ -381,7 +387,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     def save_and_summarise():
       # The state is the last completed step's: a failed or blocked
       # collective never replaced it.
-      self._save(wall)
+      self._save(wall, final)
       summarise()  # now naming the final checkpoint
 
     # Bounded, as this host must end either way (an interrupted save leaves
@@ -416,11 +422,11 @@ class LearnerNode(core.Worker, core.VariableSource):
             "learner_steps": self._learner.step_count,
             "wall_seconds_total": self._wall_seconds_before + wall_seconds}
 
-  def _save(self, wall_seconds: float) -> None:
+  def _save(self, wall_seconds: float, counters: Optional[dict] = None) -> None:
     if self._checkpointer is None:
       return
     self._checkpointer.save(self._learner.step_count, self._learner.save(),
-                            self._counters(wall_seconds))
+                            counters or self._counters(wall_seconds))
 
   def _restore(self) -> None:
     if self._checkpointer is None:
@@ -468,8 +474,8 @@ class LearnerNode(core.Worker, core.VariableSource):
     return h.hexdigest()
 
   def _write_summary(self, exit_reason: str, wall: float, with_digest: bool = True,
-                     **extra) -> None:
-    c = self._counters(wall)
+                     counters: Optional[dict] = None, **extra) -> None:
+    c = counters or self._counters(wall)
     steps = c["env_steps"] - self._env_steps_at_start
     summary = {
         "env_steps": c["env_steps"],

@@ -47,6 +47,17 @@ def _start_long_pod(run_dir):
   return procs
 
 
+def _wait_for_checkpoint(run_dir, timeout=60.0):
+  """Process 0's early checkpoint (10 s into training): what a lost host leaves."""
+  import time
+  checkpoints = os.path.join(run_dir, "checkpoints")
+  deadline = time.time() + timeout
+  while time.time() < deadline and not (
+      os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints))):
+    time.sleep(0.2)
+  return checkpoints
+
+
 def test_two_host_pod_trains_identical_parameters_and_resumes(tmp_path):
   run_dir = str(tmp_path / "run")
   host0, host1 = _run_pod(run_dir, 20)
@@ -98,6 +109,7 @@ def test_a_killed_host_ends_the_others_with_an_error_naming_it(tmp_path):
   import time
   run_dir = str(tmp_path / "run")
   procs = _start_long_pod(run_dir)
+  _wait_for_checkpoint(run_dir)
   os.killpg(procs[1].pid, signal.SIGKILL)  # host 1 and everything on it
   killed_at = time.time()
   code, out, left = helpers.finish(procs[0], timeout=120)
@@ -120,11 +132,7 @@ def test_a_killed_process_0_ends_the_others_with_an_error_naming_it(tmp_path):
   import time
   run_dir = str(tmp_path / "run")
   procs = _start_long_pod(run_dir)
-  checkpoints = os.path.join(run_dir, "checkpoints")
-  deadline = time.time() + 60
-  while time.time() < deadline and not (
-      os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints))):
-    time.sleep(0.2)  # process 0's early checkpoint (10 s into training)
+  checkpoints = _wait_for_checkpoint(run_dir)
   os.killpg(procs[0].pid, signal.SIGKILL)
   killed_at = time.time()
   code, out, left = helpers.finish(procs[1], timeout=120)
