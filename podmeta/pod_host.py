@@ -103,6 +103,9 @@ def run(command: List[str], info_path: str) -> int:
     return code
   info = _read_info(info_path)
   how = supervisor.describe_exit(code)
+  # A child killed mid-write (JAX's abort dumps every thread's stack) can
+  # leave its last line unfinished: ours starts on a line of its own.
+  sys.stderr.write("\n")
   if info is None:
     message = f"the pod host died before joining the pod ({how})"
     print(f"podmeta: error: {message}", file=sys.stderr)
