@@ -90,12 +90,7 @@ def run(command: List[str], info_path: str) -> int:
                                             lambda sig, _: child.send_signal(sig)),
               signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
   try:
-    while True:
-      try:
-        code = child.wait()
-        break
-      except InterruptedError:
-        continue
+    code = child.wait()  # retried across signals (PEP 475)
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
