@@ -2,12 +2,14 @@
 
 Orbax writes each step to a temporary directory and renames it when complete,
 so an interrupted save never replaces the last good checkpoint. Restoring is
-validated against the structure the learner expects, and `check_restorable`
-lets the launcher refuse a bad checkpoint before any node starts.
+validated against the structure the learner expects, which lets the
+launcher's preflight refuse a bad checkpoint before any node starts.
 """
 
+import asyncio
 import json
 import os
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
@@ -118,6 +120,7 @@ class Checkpointer:
       state = jax.tree.map(np.asarray, restored["state"])
       counters = dict(restored["counters"])
     except Exception as e:  # pylint: disable=broad-except
+      _quiet_stale_read_callbacks()
       msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       if "mismatch" in msg.lower() or "do not match" in msg.lower():
         raise CheckpointError(
@@ -170,6 +173,38 @@ def read_latest_counters(directory: str) -> Tuple[Optional[int], Optional[Dict[s
     return None, None
   finally:
     checkpointer.close()
+
+
+def _is_stale_loop_callback(exc_type, exc, tb) -> bool:
+  if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
+    return False
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and tb.tb_frame.f_code.co_filename == asyncio.base_events.__file__
+
+
+def _quiet_stale_read_callbacks() -> None:
+  """Silences one known, harmless traceback after a failed restore.
+
+  When one array read fails, orbax's `asyncio.run` cancels the others and
+  closes its loop while tensorstore still has reads in flight; as each one
+  finishes, tensorstore's C++ thread calls `loop.call_soon_threadsafe` on the
+  closed loop and reports the RuntimeError as unraisable, which prints a stray
+  "Traceback ... Event loop is closed" after our one-line error. Only that
+  exception, raised inside asyncio's own code, is dropped; every other one
+  reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_podmeta_quiet", False):
+    return
+
+  def hook(unraisable):
+    if not _is_stale_loop_callback(unraisable.exc_type, unraisable.exc_value,
+                                   unraisable.exc_traceback):
+      previous(unraisable)
+
+  hook._podmeta_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
 def _check_matches(template, state, path):
