@@ -124,9 +124,7 @@ def make_runner(config: Config, swap_every: int, learner_steps_per_point: int):
   """
   spec = envs.env_spec(config.env_id)
   network, optimizer = builder.make_network(config, spec), builder.make_optimizer(config)
-  clip = dict(clip_rho_threshold=config.clip_rho_threshold,
-              clip_pg_rho_threshold=config.clip_pg_rho_threshold,
-              max_abs_reward=config.max_abs_reward, max_grad_norm=config.max_grad_norm)
+  clip = dict(options=builder.loss_options(config), max_grad_norm=config.max_grad_norm)
   m = config.meta
   parameterisation = builder.make_parameterisation(config) if m.enabled else None
   n_chunks, t = config.batch_size, config.unroll_length

@@ -27,9 +27,38 @@ def register() -> None:
 
 
 class EnvSpec(NamedTuple):
+  """What the agent needs of an env: its observations, and its actions:
+  `num_actions` choices, or (`continuous`) the dimensions of a Box."""
   obs_shape: Tuple[int, ...]
   obs_dtype: np.dtype
   num_actions: int
+  continuous: bool = False
+
+
+def normalise_actions(env: gym.Env) -> gym.Env:
+  """A Box action space becomes [-1, 1]^D: actions are clipped there, then
+  rescaled to the env's own bounds (what a Gaussian policy's samples need).
+  Other spaces are left as they are."""
+  space = env.action_space
+  if isinstance(space, gym.spaces.Box):
+    ones = np.ones(space.shape, space.dtype)  # bounds of the Box's dtype: no cast warnings
+    env = gym.wrappers.ClipAction(gym.wrappers.RescaleAction(env, -ones, ones))
+  return env
+
+
+def _check_action_space(env_id: str, space) -> None:
+  if isinstance(space, gym.spaces.Discrete):
+    return
+  if isinstance(space, gym.spaces.Box):
+    if len(space.shape) != 1:
+      raise ValueError(f"env {env_id!r}: podmeta needs a Box action space of rank 1, got "
+                       f"shape {space.shape}")
+    if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+      raise ValueError(f"env {env_id!r}: podmeta needs finite Box action bounds (a Gaussian "
+                       f"policy's actions are clipped and rescaled to them), got {space}")
+    return
+  raise ValueError(f"env {env_id!r}: podmeta needs a Discrete or Box action space, "
+                   f"got {space}")
 
 
 def _import_module_of(env_id: str) -> str:
@@ -78,7 +107,8 @@ def load_wrappers(names: Sequence[str]) -> List[Callable[[gym.Env], gym.Env]]:
 
 def make_env(env_id: str, env_kwargs: Optional[Mapping[str, Any]] = None,
              wrappers: Sequence[str] = ()) -> gym.Env:
-  """One env: gym.make(env_id, **env_kwargs), then each wrapper in order.
+  """One env: gym.make(env_id, **env_kwargs), then each wrapper in order, and
+  `normalise_actions`.
 
   Errors of the id, the kwargs or the wrappers are ValueErrors naming the
   config field.
@@ -98,23 +128,25 @@ def make_env(env_id: str, env_kwargs: Optional[Mapping[str, Any]] = None,
                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
   for wrapper in load_wrappers(wrappers):
     env = wrapper(env)
-  return env
+  _check_action_space(env_id, env.action_space)
+  return normalise_actions(env)
 
 
 def env_spec(env_id: str, env_kwargs: Optional[Mapping[str, Any]] = None,
              wrappers: Sequence[str] = ()) -> EnvSpec:
   env = make_env(env_id, env_kwargs, wrappers)
   try:
-    if not isinstance(env.action_space, gym.spaces.Discrete):
-      raise ValueError(f"env {env_id!r}: podmeta needs a discrete action space, "
-                       f"got {env.action_space}")
     space = env.observation_space
     if not isinstance(space, gym.spaces.Box):
       raise ValueError(
           f"env {env_id!r}: podmeta needs an array (Box) observation space, got "
           f"{type(space).__name__}; flatten it with "
           f"--config.env_wrappers=\"('gymnasium.wrappers:FlattenObservation',)\"")
-    return EnvSpec(tuple(space.shape), np.dtype(space.dtype), int(env.action_space.n))
+    actions = env.action_space
+    if isinstance(actions, gym.spaces.Box):
+      return EnvSpec(tuple(space.shape), np.dtype(space.dtype), int(actions.shape[0]),
+                     continuous=True)
+    return EnvSpec(tuple(space.shape), np.dtype(space.dtype), int(actions.n))
   finally:
     env.close()
 
@@ -125,12 +157,13 @@ def make_vector_env(env_id: str, num_envs: int, seed: int, wrappers: Sequence[st
 
   The "next step" autoreset keeps each final observation in the stream, which
   the V-trace loss needs to bootstrap truncated episodes (see podmeta.losses).
-  `wrappers` ("module:callable") wrap each env, after gym.make.
+  `wrappers` ("module:callable") wrap each env, after gym.make, then
+  `normalise_actions`.
   """
   register()
   name = _import_module_of(env_id)
   env = gym.make_vec(name, num_envs=num_envs, vectorization_mode="sync",
                      vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
-                     wrappers=load_wrappers(wrappers) or None, **env_kwargs)
+                     wrappers=load_wrappers(wrappers) + [normalise_actions], **env_kwargs)
   env.reset(seed=seed)
   return env

@@ -11,7 +11,6 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from podmeta import core
@@ -22,7 +21,9 @@ _FIRST_FETCH_TIMEOUT_SECONDS = 300.0
 
 
 def make_policy(network: networks_lib.Network, greedy: bool = False):
-  """jit(params, key, obs[E, ...]) -> (actions[E], logits[E, A], next key) on the CPU.
+  """jit(params, key, obs[E, ...]) -> (actions[E, ...], logits[E, P], next key) on the CPU.
+
+  Samples from the network's action distribution, or takes its mode (`greedy`).
 
   The key is split inside the jitted function: a separate `jax.random.split`
   call costs more than the whole policy on CartPole-sized inputs.
@@ -31,11 +32,9 @@ def make_policy(network: networks_lib.Network, greedy: bool = False):
   def policy(params, key, obs):
     key, sub = jax.random.split(key)
     logits = network.policy(params, obs)
-    if greedy:
-      action = jnp.argmax(logits, axis=-1)
-    else:
-      action = jax.random.categorical(sub, logits)
-    return action.astype(jnp.int32), logits, key
+    dist = network.distribution
+    action = dist.mode(logits) if greedy else dist.sample(sub, logits)
+    return action.astype(dist.action_dtype), logits, key
 
   return jax.jit(policy, backend="cpu")
 

@@ -38,7 +38,8 @@ _CALL_TIMEOUT_SECONDS = 5.0
 
 def make_network(config: Config, spec: envs.EnvSpec) -> networks_lib.Network:
   return networks_lib.make_network(config.torso, config.hidden_sizes, spec.obs_shape,
-                                   spec.num_actions, config.shared_torso)
+                                   spec.num_actions, config.shared_torso, spec.continuous,
+                                   config.gaussian_std, config.gaussian_init_std)
 
 
 def make_optimizer(config: Config):
@@ -52,13 +53,21 @@ def loss_hyperparams(config: Config) -> losses.LossHyperparams:
                                 baseline_cost=config.baseline_cost)
 
 
+def loss_options(config: Config) -> losses.LossOptions:
+  return losses.LossOptions(clip_rho_threshold=config.clip_rho_threshold,
+                            clip_pg_rho_threshold=config.clip_pg_rho_threshold,
+                            max_abs_reward=config.max_abs_reward,
+                            reward_scale=config.reward_scale)
+
+
 def unrolls_per_item(config: Config) -> int:
   return replay_lib.unrolls_per_item(config.envs_per_actor, config.batch_size)
 
 
 def make_spec(config: Config, spec: envs.EnvSpec) -> replay_lib.Trajectory:
   return replay_lib.trajectory_spec(spec.obs_shape, spec.obs_dtype, spec.num_actions,
-                                    config.unroll_length, unrolls_per_item(config))
+                                    config.unroll_length, unrolls_per_item(config),
+                                    spec.continuous)
 
 
 def outer_hyperparams(config: Config) -> losses.LossHyperparams:
@@ -89,9 +98,7 @@ def make_update_and_state(config: Config, spec: envs.EnvSpec,
   network, optimizer = make_network(config, spec), make_optimizer(config)
   key = jax.random.PRNGKey(config.seed * 7919 + _LEARNER_SEED)
   dummy_obs = np.zeros((1,) + spec.obs_shape, spec.obs_dtype)
-  clip = dict(clip_rho_threshold=config.clip_rho_threshold,
-              clip_pg_rho_threshold=config.clip_pg_rho_threshold,
-              max_abs_reward=config.max_abs_reward, max_grad_norm=config.max_grad_norm)
+  clip = dict(options=loss_options(config), max_grad_norm=config.max_grad_norm)
   state = learning.init_state(network, optimizer, key, dummy_obs)
   if not config.meta.enabled:
     update = learning.make_update_fn(network, optimizer, loss_hyperparams(config),

@@ -15,6 +15,7 @@ from podmeta.validation import coerce
 
 _OPTIMIZERS = ("adam", "rmsprop", "sgd")
 _TORSOS = ("mlp", "conv", "impala_deep")
+_GAUSSIAN_STDS = ("learned", "state")
 _REPLAYS = ("queue", "uniform")
 
 
@@ -52,6 +53,12 @@ class Config:
   hidden_sizes: Tuple[int, ...] = (64, 64)
   # False: separate policy and value torsos (better on small control tasks).
   shared_torso: bool = True
+  # Box (continuous) action spaces get a diagonal Gaussian policy, its actions
+  # clipped to [-1, 1] and rescaled to the env's bounds. Its std: "learned"
+  # (one parameter per action dimension, independent of the state) or "state"
+  # (an output of the policy head); either starts at gaussian_init_std.
+  gaussian_std: str = "learned"
+  gaussian_init_std: float = 1.0
 
   # Unrolls and batches. A batch holds `batch_size` unrolls of `unroll_length`
   # transitions each, split evenly over the learner's devices.
@@ -68,6 +75,9 @@ class Config:
   # The learner clips rewards to [-max_abs_reward, max_abs_reward] (Atari: 1);
   # 0 leaves them as they are. Logged episode returns are never clipped.
   max_abs_reward: float = 0.0
+  # The learner multiplies rewards by this (after clipping), e.g. 0.1 where
+  # returns are in the hundreds; logged episode returns stay unscaled.
+  reward_scale: float = 1.0
 
   # Optimiser.
   optimizer: str = "adam"
@@ -161,6 +171,8 @@ def _validate(c: Config) -> None:
   require(c.torso in _TORSOS, "torso", f"must be one of {_TORSOS}")
   require(len(c.hidden_sizes) >= 1 and all(h >= 1 for h in c.hidden_sizes),
           "hidden_sizes", "must be a non-empty tuple of positive sizes")
+  require(c.gaussian_std in _GAUSSIAN_STDS, "gaussian_std", f"must be one of {_GAUSSIAN_STDS}")
+  require(c.gaussian_init_std > 0, "gaussian_init_std", "must be positive")
   require(c.unroll_length >= 1, "unroll_length", "must be at least 1")
   require(c.batch_size >= 1, "batch_size", "must be at least 1")
   require(0.0 <= c.discount <= 1.0, "discount", "must be in [0, 1]")
@@ -170,6 +182,7 @@ def _validate(c: Config) -> None:
   require(c.entropy_cost >= 0, "entropy_cost", "must be non-negative")
   require(c.baseline_cost >= 0, "baseline_cost", "must be non-negative")
   require(c.max_abs_reward >= 0, "max_abs_reward", "must be non-negative (0: no clipping)")
+  require(c.reward_scale > 0, "reward_scale", "must be positive")
   require(c.optimizer in _OPTIMIZERS, "optimizer", f"must be one of {_OPTIMIZERS}")
   require(c.learning_rate > 0, "learning_rate", "must be positive")
   require(c.max_grad_norm >= 0, "max_grad_norm", "must be non-negative (0: no clipping)")

@@ -61,16 +61,14 @@ def clipped(grad_norm: jnp.ndarray, max_grad_norm: float) -> jnp.ndarray:
 
 
 def batch_loss(network: networks_lib.Network, params, batch: Trajectory,
-               hyper: losses.LossHyperparams, clip_rho_threshold: float,
-               clip_pg_rho_threshold: float, max_abs_reward: float = 0.0
+               hyper: losses.LossHyperparams,
+               options: losses.LossOptions = losses.LossOptions()
                ) -> Tuple[jnp.ndarray, losses.LossOutput]:
   """Mean IMPALA loss over a batch of unrolls [B, T+1, ...]."""
   logits, values = network.apply(params, batch.observation)
   per_unroll = jax.vmap(
-      functools.partial(losses.impala_loss, hyper=hyper,
-                        clip_rho_threshold=clip_rho_threshold,
-                        clip_pg_rho_threshold=clip_pg_rho_threshold,
-                        max_abs_reward=max_abs_reward))(
+      functools.partial(losses.impala_loss, hyper=hyper, distribution=network.distribution,
+                        **options._asdict()))(
           logits, values, batch.action, batch.behaviour_logits, batch.reward,
           batch.discount, batch.is_first)
   out = jax.tree.map(jnp.mean, per_unroll)
@@ -86,8 +84,8 @@ class AgentStep(NamedTuple):
 
 def agent_step(network: networks_lib.Network, optimizer: optax.GradientTransformation,
                params, opt_state, batch: Trajectory, hyper: losses.LossHyperparams,
-               learning_rate_scale=None, clip_rho_threshold: float = 1.0,
-               clip_pg_rho_threshold: float = 1.0, max_abs_reward: float = 0.0,
+               learning_rate_scale=None,
+               options: losses.LossOptions = losses.LossOptions(),
                axis_name: Optional[str] = AXIS) -> AgentStep:
   """One optimiser step on the IMPALA loss: the update rule meta-gradients go through.
 
@@ -95,7 +93,7 @@ def agent_step(network: networks_lib.Network, optimizer: optax.GradientTransform
   whole step is differentiable with respect to them.
   """
   grads, out = jax.grad(batch_loss, argnums=1, has_aux=True)(
-      network, params, batch, hyper, clip_rho_threshold, clip_pg_rho_threshold, max_abs_reward)
+      network, params, batch, hyper, options)
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
   updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -106,8 +104,8 @@ def agent_step(network: networks_lib.Network, optimizer: optax.GradientTransform
 
 
 def make_update_fn(network: networks_lib.Network, optimizer: optax.GradientTransformation,
-                   hyper: losses.LossHyperparams, clip_rho_threshold: float = 1.0,
-                   clip_pg_rho_threshold: float = 1.0, max_abs_reward: float = 0.0,
+                   hyper: losses.LossHyperparams,
+                   options: losses.LossOptions = losses.LossOptions(),
                    max_grad_norm: float = 0.0, axis_name: Optional[str] = AXIS):
   """The pure learner step with fixed hyperparameters.
 
@@ -118,9 +116,7 @@ def make_update_fn(network: networks_lib.Network, optimizer: optax.GradientTrans
 
   def update(state: LearnerState, batch: Trajectory) -> Tuple[LearnerState, Dict]:
     out = agent_step(network, optimizer, state.params, state.opt_state, batch, hyper,
-                     clip_rho_threshold=clip_rho_threshold,
-                     clip_pg_rho_threshold=clip_pg_rho_threshold,
-                     max_abs_reward=max_abs_reward, axis_name=axis_name)
+                     options=options, axis_name=axis_name)
     metrics = dict(out.loss._asdict())
     metrics["grad_norm"] = out.grad_norm
     metrics["grad_clipped"] = clipped(out.grad_norm, max_grad_norm)

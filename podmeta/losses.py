@@ -13,12 +13,13 @@ is_first[t+1] and masked. Termination sets the discount into the final
 observation to zero; truncation keeps it, so V(x_final) is bootstrapped.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from podmeta import distributions
 from podmeta._rlax import rlax
 
 
@@ -28,6 +29,14 @@ class LossHyperparams(NamedTuple):
   vtrace_lambda: float = 1.0
   entropy_cost: float = 0.01
   baseline_cost: float = 0.5
+
+
+class LossOptions(NamedTuple):
+  """The loss's fixed options (never meta-learned), bound once by the builder."""
+  clip_rho_threshold: float = 1.0
+  clip_pg_rho_threshold: float = 1.0
+  max_abs_reward: float = 0.0
+  reward_scale: float = 1.0
 
 
 class LossOutput(NamedTuple):
@@ -50,14 +59,17 @@ def impala_loss(
     clip_rho_threshold: float = 1.0,
     clip_pg_rho_threshold: float = 1.0,
     max_abs_reward: float = 0.0,
+    reward_scale: float = 1.0,
+    distribution: Optional[distributions.ActionDistribution] = None,
 ) -> LossOutput:
   """V-trace actor-critic loss of one unroll.
 
   Args:
-    logits_t: [T+1, A] learner policy logits at x_0..x_T.
+    logits_t: [T+1, P] learner policy parameters at x_0..x_T (logits, or a
+      Gaussian's mean and log std).
     values_t: [T+1] learner values V(x_0)..V(x_T).
-    action_t: [T+1] actions (the last one is not used).
-    behaviour_logits_t: [T+1, A] logits of the acting policy.
+    action_t: [T+1, *action_shape] actions (the last one is not used).
+    behaviour_logits_t: [T+1, P] policy parameters of the acting policy.
     reward_t: [T+1] reward that arrived with x_t (r_0 is not used).
     discount_t: [T+1] 0 where x_t is a terminal observation, else 1.
     is_first_t: [T+1] 1 where x_t starts an episode.
@@ -66,15 +78,20 @@ def impala_loss(
     clip_pg_rho_threshold: clipping of rho in the policy-gradient advantage.
     max_abs_reward: rewards are clipped to [-max_abs_reward, max_abs_reward]
       when positive (Mnih et al. 2015; IMPALA's Atari agents), 0 leaves them.
+    reward_scale: rewards are multiplied by it (after clipping).
+    distribution: the policy's action distribution; None: categorical.
 
   Returns:
     The total loss (policy + baseline_cost * value - entropy_cost * entropy,
     each a mean over the T transitions) and its parts.
   """
   chex.assert_rank([logits_t, behaviour_logits_t], 2)
-  chex.assert_rank([values_t, action_t, reward_t, discount_t, is_first_t], 1)
+  chex.assert_rank([values_t, reward_t, discount_t, is_first_t], 1)
   chex.assert_equal_shape([logits_t, behaviour_logits_t])
-  chex.assert_equal_shape([values_t, action_t, reward_t, discount_t, is_first_t])
+  chex.assert_equal_shape([values_t, reward_t, discount_t, is_first_t])
+  chex.assert_equal_shape_prefix([values_t, action_t], 1)
+  if distribution is None:
+    distribution = distributions.categorical(logits_t.shape[-1])
 
   # Transition t = 0..T-1 goes from x_t to x_{t+1}.
   mask = 1.0 - is_first_t[1:].astype(jnp.float32)
@@ -86,15 +103,18 @@ def impala_loss(
   # log stay the raw game score.
   if max_abs_reward > 0:
     r_t = jnp.clip(r_t, -max_abs_reward, max_abs_reward)
+  if reward_scale != 1.0:
+    r_t = reward_scale * r_t
   gamma_t = hyper.discount * discount_t[1:].astype(jnp.float32) * mask
 
-  log_pi_tm1 = jax.nn.log_softmax(logits_t[:-1])
-  log_mu_tm1 = jax.nn.log_softmax(behaviour_logits_t[:-1])
-  logp_a = jnp.take_along_axis(log_pi_tm1, a_tm1[:, None], axis=-1)[:, 0]
-  logmu_a = jnp.take_along_axis(log_mu_tm1, a_tm1[:, None], axis=-1)[:, 0]
+  logp_a = distribution.log_prob(logits_t[:-1], a_tm1)
+  logmu_a = distribution.log_prob(behaviour_logits_t[:-1], a_tm1)
   # A zero ratio on dummy transitions zeroes their TD error and advantage, and
   # (with gamma_t = 0 there) stops V-trace from carrying them backwards.
-  rho_tm1 = jnp.exp(jax.lax.stop_gradient(logp_a - logmu_a)) * mask
+  # The log-ratio is capped before exp: a continuous policy's can overflow,
+  # and V-trace clips rho far below e^20 anyway.
+  log_rho = jnp.minimum(jax.lax.stop_gradient(logp_a - logmu_a), 20.0)
+  rho_tm1 = jnp.where(mask > 0, jnp.exp(log_rho), 0.0)
 
   # Targets and advantages are held fixed with respect to the agent's
   # parameters by stopping the values (and rho) that enter them, not the
@@ -112,8 +132,7 @@ def impala_loss(
   targets_tm1 = vtrace.errors + v_fixed_tm1
   value_loss = 0.5 * jnp.mean(mask * jnp.square(targets_tm1 - v_tm1))
   policy_loss = -jnp.mean(mask * logp_a * vtrace.pg_advantage)
-  entropy_t = -jnp.sum(jnp.exp(log_pi_tm1) * log_pi_tm1, axis=-1)
-  entropy = jnp.mean(mask * entropy_t)
+  entropy = jnp.mean(mask * distribution.entropy(logits_t[:-1]))
   loss = policy_loss + hyper.baseline_cost * value_loss - hyper.entropy_cost * entropy
   return LossOutput(loss=loss, policy_loss=policy_loss, value_loss=value_loss,
                     entropy=entropy, mean_rho=jnp.sum(rho_tm1) / jnp.maximum(jnp.sum(mask), 1.0))

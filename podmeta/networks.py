@@ -1,5 +1,6 @@
 """Haiku actor-critic networks: a torso (MLP, shallow or deep conv) with policy and value heads."""
 
+import math
 from typing import Callable, NamedTuple, Sequence, Tuple
 
 import haiku as hk
@@ -7,19 +8,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from podmeta import distributions
+
 
 class Network(NamedTuple):
   """Pure functions of the agent network.
 
   init(key, observation) -> params, with `observation` one example with a
   leading batch axis. apply(params, observations) -> (logits, values) for
-  observations of shape [..., *obs_shape]: any number of leading axes.
-  policy(params, observations) -> logits, the same logits as apply's; with
-  separate torsos it skips the value torso, which acting never needs.
+  observations of shape [..., *obs_shape]: any number of leading axes;
+  "logits" are the parameters of `distribution` (for a Gaussian, mean and log
+  std). policy(params, observations) -> logits, the same logits as apply's;
+  with separate torsos it skips the value torso, which acting never needs.
   """
   init: Callable
   apply: Callable[..., Tuple[jnp.ndarray, jnp.ndarray]]
   policy: Callable[..., jnp.ndarray]
+  distribution: distributions.ActionDistribution
 
 
 _ORTHOGONAL_RELU = hk.initializers.Orthogonal(np.sqrt(2.0))
@@ -103,11 +108,47 @@ class DeepConvTorso(hk.Module):
 
 
 TORSOS = {"mlp": MLPTorso, "conv": ConvTorso, "impala_deep": DeepConvTorso}
+# Bounds of a Gaussian policy's log std: below, log-probabilities blow up and
+# V-trace's ratios with them; above, actions are mostly clipped noise.
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class GaussianHead(hk.Module):
+  """Mean and log std of a diagonal Gaussian, concatenated: [N, 2D].
+
+  The mean is tanh of a linear layer, inside the [-1, 1] that actions are
+  clipped to: an unbounded mean that drifts outside it gets every sample
+  clipped to the same action, and the policy gradient stops moving what the
+  env sees (on Pendulum, learning then collapsed to -1430 in most runs).
+  `std="learned"`: one log std per action dimension, a parameter independent of
+  the state (as PPO's continuous-control agents); `"state"`: a linear function
+  of the torso's output. Both start at `init_std` and stay in
+  [exp(LOG_STD_MIN), exp(LOG_STD_MAX)].
+  """
+
+  def __init__(self, action_dim: int, std: str, init_std: float, name="policy"):
+    super().__init__(name=name)
+    self._dim, self._std, self._init_log_std = action_dim, std, math.log(init_std)
+
+  def __call__(self, h):
+    mean = hk.Linear(self._dim, w_init=hk.initializers.Orthogonal(0.01), name="mean")(h)
+    mean = jnp.tanh(mean)
+    if self._std == "learned":
+      log_std = hk.get_parameter("log_std", (self._dim,), init=hk.initializers.Constant(
+          self._init_log_std))
+      log_std = jnp.broadcast_to(log_std, mean.shape)
+    else:
+      log_std = hk.Linear(self._dim, w_init=hk.initializers.Orthogonal(0.01),
+                          b_init=hk.initializers.Constant(self._init_log_std),
+                          name="log_std")(h)
+    return jnp.concatenate([mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)], axis=-1)
 
 
 def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[int],
-                 num_actions: int, shared_torso: bool = True) -> Network:
-  """Builds the actor-critic network for `num_actions` discrete actions.
+                 num_actions: int, shared_torso: bool = True, continuous: bool = False,
+                 gaussian_std: str = "learned", gaussian_init_std: float = 1.0) -> Network:
+  """Builds the actor-critic network for `num_actions` discrete actions, or
+  (`continuous`) a Gaussian policy over `num_actions` action dimensions.
 
   With `shared_torso=False` the policy and the value each get their own torso:
   on small control tasks the value regression's large gradients otherwise
@@ -115,6 +156,9 @@ def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[in
   """
   torso_cls = TORSOS[torso]
   obs_rank = len(obs_shape)
+  distribution = distributions.for_actions(num_actions, continuous)
+  if continuous and gaussian_std not in ("learned", "state"):
+    raise ValueError(f"unknown gaussian_std {gaussian_std!r}")
 
   def forward(obs, policy_only=False):
     lead_shape = obs.shape[:obs.ndim - obs_rank]
@@ -127,8 +171,12 @@ def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[in
     # (Andrychowicz et al. 2021, arXiv 2006.05990); with haiku's default
     # initialisers CartPole oscillated around a return of 150 instead of
     # reaching 500.
-    logits = hk.Linear(num_actions, w_init=hk.initializers.Orthogonal(0.01),
-                       name="policy")(h_policy).reshape(lead_shape + (num_actions,))
+    if continuous:
+      logits = GaussianHead(num_actions, gaussian_std, gaussian_init_std)(h_policy)
+    else:
+      logits = hk.Linear(num_actions, w_init=hk.initializers.Orthogonal(0.01),
+                         name="policy")(h_policy)
+    logits = logits.reshape(lead_shape + (distribution.num_params,))
     if policy_only:
       return logits
     value = jnp.squeeze(hk.Linear(1, w_init=hk.initializers.Orthogonal(1.0),
@@ -139,5 +187,6 @@ def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[in
   # Every module has a fixed name, so the policy-only call reads the same
   # params; init always takes the full path, in the order it always had.
   return Network(init=transformed.init, apply=transformed.apply,
-                 policy=lambda params, obs: transformed.apply(params, obs, policy_only=True))
+                 policy=lambda params, obs: transformed.apply(params, obs, policy_only=True),
+                 distribution=distribution)
 

@@ -16,7 +16,9 @@ class Trajectory(NamedTuple):
 
   At step t: `observation` x_t; `reward` and `discount` (0 if x_t is a terminal
   observation, else 1) arrived with x_t; `is_first` marks x_t as an episode's
-  first observation; `action` a_t was taken at x_t with `behaviour_logits`;
+  first observation; `action` a_t was taken at x_t with `behaviour_logits`
+  (the acting policy's distribution parameters: logits, or a Gaussian's mean
+  and log std);
   `policy_version` is the learner step of the parameters that chose a_t.
   """
   observation: np.ndarray
@@ -34,16 +36,25 @@ class Spec(NamedTuple):
 
 
 def trajectory_spec(obs_shape: Sequence[int], obs_dtype, num_actions: int,
-                    unroll_length: int, group: int = 1) -> Trajectory:
-  """Shapes and dtypes of one replay item: `group` unrolls of T+1 steps, time-major."""
+                    unroll_length: int, group: int = 1, continuous: bool = False) -> Trajectory:
+  """Shapes and dtypes of one replay item: `group` unrolls of T+1 steps, time-major.
+
+  Discrete actions are int32 with `num_actions` logits; continuous ones are
+  float32 vectors of `num_actions` dimensions with a Gaussian's mean and log
+  std (2 x num_actions) in `behaviour_logits`.
+  """
   n = (unroll_length + 1, group)
+  if continuous:
+    action, num_params = Spec(n + (num_actions,), np.dtype(np.float32)), 2 * num_actions
+  else:
+    action, num_params = Spec(n, np.dtype(np.int32)), num_actions
   return Trajectory(
       observation=Spec(n + tuple(obs_shape), np.dtype(obs_dtype)),
-      action=Spec(n, np.dtype(np.int32)),
+      action=action,
       reward=Spec(n, np.dtype(np.float32)),
       discount=Spec(n, np.dtype(np.float32)),
       is_first=Spec(n, np.dtype(np.bool_)),
-      behaviour_logits=Spec(n + (num_actions,), np.dtype(np.float32)),
+      behaviour_logits=Spec(n + (num_params,), np.dtype(np.float32)),
       policy_version=Spec(n, np.dtype(np.int32)),
   )
 

@@ -17,18 +17,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def random_batch(spec, batch_size: int, unroll_length: int, seed: int) -> Trajectory:
-  """A batch of plausible unrolls with episode ends in it."""
+  """A batch of plausible unrolls with episode ends in it (Gaussian ones where
+  `spec.continuous`: actions near the behaviour mean, log stds near 0)."""
   rng = np.random.default_rng(seed)
   n = unroll_length + 1
   is_first = rng.random((batch_size, n)) < 0.1
   discount = np.where(np.roll(is_first, -1, axis=1) & (rng.random((batch_size, n)) < 0.7), 0.0, 1.0)
+  if getattr(spec, "continuous", False):
+    mean = rng.normal(size=(batch_size, n, spec.num_actions)) * 0.5
+    log_std = rng.normal(size=(batch_size, n, spec.num_actions)) * 0.3
+    action = (mean + np.exp(log_std) * rng.normal(size=mean.shape)).astype(np.float32)
+    behaviour = np.concatenate([mean, log_std], -1).astype(np.float32)
+  else:
+    action = rng.integers(0, spec.num_actions, size=(batch_size, n)).astype(np.int32)
+    behaviour = rng.normal(size=(batch_size, n, spec.num_actions)).astype(np.float32)
   return Trajectory(
       observation=rng.normal(size=(batch_size, n) + spec.obs_shape).astype(spec.obs_dtype),
-      action=rng.integers(0, spec.num_actions, size=(batch_size, n)).astype(np.int32),
+      action=action,
       reward=rng.normal(size=(batch_size, n)).astype(np.float32),
       discount=discount.astype(np.float32),
       is_first=is_first,
-      behaviour_logits=rng.normal(size=(batch_size, n, spec.num_actions)).astype(np.float32),
+      behaviour_logits=behaviour,
       policy_version=np.zeros((batch_size, n), np.int32))
 
 

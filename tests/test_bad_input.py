@@ -152,3 +152,29 @@ def _dict_env_id() -> str:
   if "test/DictObs-v0" not in gym.registry:
     gym.register("test/DictObs-v0", entry_point=DictObs)
   return "test/DictObs-v0"
+
+
+@pytest.mark.parametrize("action_space, must_mention", [
+    ("multi_discrete", "needs a Discrete or Box action space"),
+    ("unbounded_box", "needs finite Box action bounds"),
+    ("matrix_box", "needs a Box action space of rank 1"),
+])
+def test_action_spaces_podmeta_cannot_act_in_are_refused(action_space, must_mention):
+  import gymnasium as gym
+  import numpy as np
+  spaces = {"multi_discrete": gym.spaces.MultiDiscrete([2, 3]),
+            "unbounded_box": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+            "matrix_box": gym.spaces.Box(-1.0, 1.0, (2, 2), np.float32)}
+
+  class Env(gym.Env):
+    observation_space = gym.spaces.Box(0, 1, (3,), np.float32)
+
+    def __init__(self, kind):
+      self.action_space = spaces[kind]
+
+  env_id = "test/ActionSpaces-v0"
+  if env_id not in gym.registry:
+    gym.register(env_id, entry_point=Env)
+  with pytest.raises(ValueError, match=must_mention) as raised:
+    envs.env_spec(env_id, {"kind": action_space})
+  assert env_id in str(raised.value)

@@ -130,3 +130,27 @@ def test_get_variables_serves_restored_params_and_matching_versions():
   assert version == 1
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected[3])):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("std", ["learned", "state"])
+def test_gaussian_policy_head(std):
+  """[mean (bounded by tanh), log std] per state; "learned" std is one parameter per dimension."""
+  net = networks.make_network("mlp", (16,), (3,), num_actions=2, shared_torso=False,
+                              continuous=True, gaussian_std=std, gaussian_init_std=0.5)
+  obs = np.random.default_rng(0).normal(size=(7, 3)).astype(np.float32) * 100
+  params = net.init(jax.random.PRNGKey(0), obs[:1])
+  # Push the mean's pre-activation far out: the mean must stay in [-1, 1].
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x * 1e3 if "mean" in jax.tree_util.keystr(path) else x, params)
+  logits, values = net.apply(params, obs)
+  assert logits.shape == (7, 4) and values.shape == (7,)
+  np.testing.assert_array_equal(net.policy(params, obs), logits)
+  mean, log_std = np.asarray(logits[:, :2]), np.asarray(logits[:, 2:])
+  assert np.all(np.abs(mean) <= 1.0) and np.abs(mean).max() > 0.99
+  if std == "learned":
+    np.testing.assert_allclose(log_std, np.log(0.5), rtol=1e-6)
+    assert params["policy"]["log_std"].shape == (2,)
+  else:
+    assert np.all((log_std >= networks.LOG_STD_MIN) & (log_std <= networks.LOG_STD_MAX))
+    assert np.std(log_std[:, 0]) > 0  # it depends on the state
+  assert net.distribution.name == "gaussian" and net.distribution.num_params == 4

@@ -5,6 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scipy import stats
+
+from podmeta import distributions
 from podmeta import losses
 
 jax.config.update("jax_enable_x64", False)
@@ -15,20 +18,29 @@ def _log_softmax(x):
   return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+def _categorical_terms(logits, mu_logits, actions):
+  """log pi(a_t|x_t), log mu(a_t|x_t) and the entropy of pi at each x_t."""
+  logp, logmu = _log_softmax(logits), _log_softmax(mu_logits)
+  idx = np.arange(len(actions))
+  return logp[idx, actions], logmu[idx, actions], -np.sum(np.exp(logp) * logp, axis=-1)
+
+
 def reference_loss(logits, values, actions, mu_logits, rewards, term, is_first, gamma, lam,
-                   rho_bar, pg_rho_bar, entropy_cost, baseline_cost):
+                   rho_bar, pg_rho_bar, entropy_cost, baseline_cost, terms=None):
   """Espeholt et al. 2018, section 4.1, written out with explicit sums and products.
 
   v_s = V(x_s) + sum_{t=s}^{s+n-1} (prod_{i<t} gamma_i c_i) rho_t delta_t, with
   delta_t = r_{t+1} + gamma_t V(x_{t+1}) - V(x_t). Episode boundaries: the
   transition out of a final observation (next obs is_first) is ignored, i.e.
-  it has rho = 0 and cuts the sum; termination sets gamma_t = 0.
+  it has rho = 0 and cuts the sum; termination sets gamma_t = 0. `terms`
+  (log pi(a_t), log mu(a_t), entropy of pi, each [T+1]) replace the
+  categorical ones of `logits` and `mu_logits` for other distributions.
   """
   T = len(values) - 1
-  logp = _log_softmax(logits)
-  logmu = _log_softmax(mu_logits)
+  logp_a, logmu_a, ent = terms if terms is not None else _categorical_terms(
+      logits, mu_logits, actions)
   valid = np.array([0.0 if is_first[t + 1] else 1.0 for t in range(T)])
-  rho = np.array([np.exp(logp[t, actions[t]] - logmu[t, actions[t]]) for t in range(T)]) * valid
+  rho = np.array([np.exp(logp_a[t] - logmu_a[t]) for t in range(T)]) * valid
   clipped = np.minimum(rho_bar, rho)
   c = lam * np.minimum(1.0, rho)
   g = np.array([gamma * (1.0 - term[t + 1]) * valid[t] for t in range(T)])
@@ -53,10 +65,9 @@ def reference_loss(logits, values, actions, mu_logits, rewards, term, is_first, 
     else:
       boot = values[T]
     pg[s] = min(pg_rho_bar, rho[s]) * (rewards[s + 1] + g[s] * boot - values[s])
-  policy_loss = -np.mean(valid * np.array([logp[t, actions[t]] for t in range(T)]) * pg)
+  policy_loss = -np.mean(valid * logp_a[:T] * pg)
   value_loss = 0.5 * np.mean(valid * (vs[:T] - values[:T]) ** 2)
-  ent = -np.sum(np.exp(logp[:T]) * logp[:T], axis=-1)
-  entropy = np.mean(valid * ent)
+  entropy = np.mean(valid * ent[:T])
   return policy_loss + baseline_cost * value_loss - entropy_cost * entropy, vs
 
 
@@ -93,6 +104,51 @@ def test_vtrace_loss_matches_paper_equations(episode_ends, lam):
                                mu_logits.astype(np.float64), rewards.astype(np.float64), term,
                                is_first, 0.95, lam, 1.0, 1.2, 0.03, 0.7)
   np.testing.assert_allclose(float(out.loss), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_vtrace_loss_with_a_gaussian_policy_matches_paper_equations():
+  """Continuous actions: the same equations with scipy's Gaussian log-densities."""
+  rng = np.random.default_rng(7)
+  T, D = 9, 2
+  _, values, _, _, rewards, term, is_first = _unroll(rng, T=T, episode_ends=((4, "truncated"),))
+  mean = rng.normal(size=(T + 1, D))
+  log_std = rng.uniform(-1.0, 0.5, size=(T + 1, D))
+  mu_mean = mean + 0.3 * rng.normal(size=(T + 1, D))
+  mu_log_std = log_std + 0.2 * rng.normal(size=(T + 1, D))
+  actions = mu_mean + np.exp(mu_log_std) * rng.normal(size=(T + 1, D))
+
+  def logpdf(m, ls):
+    return np.array([stats.multivariate_normal(m[t], np.diag(np.exp(2 * ls[t]))).logpdf(actions[t])
+                     for t in range(T + 1)])
+
+  entropy = np.array([stats.multivariate_normal(mean[t], np.diag(np.exp(2 * log_std[t]))).entropy()
+                      for t in range(T + 1)])
+  hyper = losses.LossHyperparams(discount=0.95, vtrace_lambda=0.9, entropy_cost=0.03,
+                                 baseline_cost=0.7)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)  # pylint: disable=unnecessary-lambda-assignment
+  out = losses.impala_loss(f32(np.concatenate([mean, log_std], -1)), f32(values), f32(actions),
+                           f32(np.concatenate([mu_mean, mu_log_std], -1)), f32(rewards),
+                           1.0 - f32(term), jnp.asarray(is_first), hyper,
+                           distribution=distributions.gaussian(D))
+  expected, _ = reference_loss(None, values.astype(np.float64), actions, None,
+                               rewards.astype(np.float64), term, is_first, 0.95, 0.9, 1.0, 1.0,
+                               0.03, 0.7, terms=(logpdf(mean, log_std), logpdf(mu_mean, mu_log_std),
+                                                 entropy))
+  np.testing.assert_allclose(float(out.loss), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_reward_scale_scales_the_rewards():
+  rng = np.random.default_rng(3)
+  logits, values, actions, mu_logits, rewards, term, is_first = _unroll(rng)
+  hyper = losses.LossHyperparams()
+
+  def loss(r, **kw):
+    return losses.impala_loss(jnp.asarray(logits), jnp.asarray(values), jnp.asarray(actions),
+                              jnp.asarray(mu_logits), jnp.asarray(r), 1.0 - jnp.asarray(term),
+                              jnp.asarray(is_first), hyper, **kw).loss
+
+  np.testing.assert_allclose(float(loss(rewards, reward_scale=0.1)), float(loss(0.1 * rewards)),
+                             rtol=1e-6)
 
 
 def test_truncation_bootstraps_and_termination_does_not():

@@ -54,12 +54,14 @@ class Problem:
   """A tiny agent, K inner batches and the meta-objective's pieces, all in float64."""
 
   def __init__(self, meta: MetaConfig, bounds=ALL_BOUNDS, hidden_sizes=(), shared_torso=True,
-               k=1, clip_rho=1.0, vtrace_lambda=0.9, optimizer="rmsprop", seed=0):
-    self.network = networks_lib.make_network("mlp", (5,), (OBS,), ACTIONS, shared_torso)
+               k=1, clip_rho=1.0, vtrace_lambda=0.9, optimizer="rmsprop", seed=0,
+               continuous=False):
+    self.network = networks_lib.make_network("mlp", (5,), (OBS,), ACTIONS, shared_torso,
+                                             continuous=continuous)
     self.optimizer = learning.make_optimizer(optimizer, 0.05, 0.0, eps=1e-2)
     self.parameterisation = meta_params.Parameterisation(bounds, hidden_sizes=hidden_sizes,
                                                          context_size=3)
-    batch = helpers.random_batch(SPEC, 4 * (k + 1), T, seed=seed)
+    batch = helpers.random_batch(SPEC._replace(continuous=continuous), 4 * (k + 1), T, seed=seed)
     chunks = _to64(meta_update.split_chunks(batch, k + 1))
     self.inner_batches = jax.tree.map(lambda x: x[:k], chunks)
     self.newest = jax.tree.map(lambda x: x[k], chunks)
@@ -77,7 +79,8 @@ class Problem:
     self.objective = meta_update.make_meta_objective(
         self.network, self.optimizer, self.parameterisation, fixed,
         fixed._replace(entropy_cost=0.01, baseline_cost=0.0), meta,
-        clip_rho_threshold=clip_rho, clip_pg_rho_threshold=clip_rho, axis_name=None)
+        losses.LossOptions(clip_rho_threshold=clip_rho, clip_pg_rho_threshold=clip_rho),
+        axis_name=None)
 
   def inner(self, w):
     return self.objective.inner(w, self.params, self.opt_state, self.inner_batches,
@@ -101,7 +104,8 @@ def _dot(a, b):
   return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize("case", ["all_hyperparams_k1", "meta_network_k1", "entropy_k3"])
+@pytest.mark.parametrize("case", ["all_hyperparams_k1", "meta_network_k1", "entropy_k3",
+                                  "gaussian_k1"])
 def test_online_bmg_meta_gradient_matches_central_finite_differences(case):
   """d mu(x~, x^(K)(w)) / d w by autodiff equals central differences, x~ held fixed.
 
@@ -114,7 +118,8 @@ def test_online_bmg_meta_gradient_matches_central_finite_differences(case):
   by design (semi-gradient), so the exact check uses the entropy cost alone,
   separate torsos (it cannot move the values), rho clipped everywhere and
   lambda = 0 (the traces lambda * min(1, rho) would carry the held-fixed
-  importance weights).
+  importance weights). "gaussian_k1" is the first case with a Gaussian policy
+  (continuous actions): its log-densities, entropy and KL.
   """
   eps, rtol = 1e-5, 1e-6
   with enable_x64():
@@ -125,7 +130,8 @@ def test_online_bmg_meta_gradient_matches_central_finite_differences(case):
       problem = Problem(meta, bounds={"entropy_cost": ALL_BOUNDS["entropy_cost"]},
                         shared_torso=False, clip_rho=1e-3, vtrace_lambda=0.0, k=3)
     else:
-      problem = Problem(meta, hidden_sizes=(4, 4) if case == "meta_network_k1" else ())
+      problem = Problem(meta, hidden_sizes=(4, 4) if case == "meta_network_k1" else (),
+                        continuous=case == "gaussian_k1")
     # The target: the snapshot moved by a few real updates, then the outer step.
     later = problem.params
     for i in range(2):
@@ -148,7 +154,7 @@ def test_online_bmg_meta_gradient_matches_central_finite_differences(case):
       ad = _dot(grads, direction)
       assert abs(float(ad)) > 1e-9
       np.testing.assert_allclose(ad, fd, rtol=rtol, atol=1e-14)
-    if case == "all_hyperparams_k1":
+    if case in ("all_hyperparams_k1", "gaussian_k1"):
       for name in ALL_BOUNDS:
         assert abs(float(grads[name])) > 1e-10, name
 
@@ -286,7 +292,7 @@ def test_the_ring_recomputes_from_the_right_snapshot_and_batches():
     return p
 
   newest = states[t + 1].params
-  g_outer = jax.grad(lambda p: learning.batch_loss(network, p, batches[t], outer, 1.0, 1.0)[0])(
+  g_outer = jax.grad(lambda p: learning.batch_loss(network, p, batches[t], outer)[0])(
       newest)
   target = jax.tree.map(lambda p, g: np.asarray(p - 0.3 * g), newest, g_outer)
   mu, grad = jax.value_and_grad(lambda w: meta_update.matching_loss(
@@ -322,7 +328,7 @@ def test_mg_online_takes_the_outer_loss_on_the_newest_batch():
                                 fixed._replace(entropy_cost=0.5 * jax.nn.sigmoid(w)),
                                 axis_name=None)
       p, o = out.params, out.opt_state
-    return learning.batch_loss(network, p, batches[t], outer, 1.0, 1.0)[0]
+    return learning.batch_loss(network, p, batches[t], outer)[0]
 
   loss, grad = jax.value_and_grad(outer_loss)(w_t)
   assert [m["meta_active"] for m in metrics] == [0.0, 0.0, 1.0, 1.0]

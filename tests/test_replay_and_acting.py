@@ -153,6 +153,37 @@ def test_actor_writes_consistent_unrolls(server_factory):
   assert all(r >= 8 for r in returns)  # CartPole episodes last at least 8 steps
 
 
+def test_a_gaussian_actor_writes_float_actions_the_env_sees_clipped_and_rescaled(server_factory):
+  """Pendulum: the stored action is the Gaussian sample; the env applies 2 * clip(a, -1, 1)."""
+  config = Config(env_id="Pendulum-v1", unroll_length=10, envs_per_actor=4, batch_size=4,
+                  replay_max_size=256, gaussian_init_std=2.0)
+  spec = envs.env_spec(config.env_id)
+  assert spec == envs.EnvSpec((3,), np.dtype(np.float32), 1, continuous=True)
+  server, client = server_factory(config, spec)
+  learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
+  actor = Actor(
+      env=envs.make_vector_env(config.env_id, 4, seed=1),
+      network=builder.make_network(config, spec), variable_source=learner,
+      writer=replay_lib.UnrollWriter(client, builder.make_spec(config, spec), 4),
+      key=jax.random.PRNGKey(0), variable_update_period=5, report_every_seconds=1e9,
+      stop_event=threading.Event())
+  actor.run(max_steps=41)
+  items = _read(f"localhost:{server.port}", 16, batch_size=4, group=4)
+  assert items.action.shape == (16, 11, 1) and items.action.dtype == np.float32
+  assert items.behaviour_logits.shape == (16, 11, 2)
+  # With std 2 most samples fall outside [-1, 1]: the clip is exercised.
+  assert np.mean(np.abs(items.action) > 1.0) > 0.3
+  _, params = learner.get_variables()
+  logits, _ = builder.make_network(config, spec).apply(params, items.observation)
+  np.testing.assert_allclose(items.behaviour_logits, np.asarray(logits), atol=1e-5)
+  # Pendulum's reward for x_t, a_t: -(theta^2 + 0.1 thetadot^2 + 0.001 u^2).
+  cos, sin, thdot = np.moveaxis(items.observation[:, :-1].astype(np.float64), -1, 0)
+  u = 2.0 * np.clip(items.action[:, :-1, 0], -1.0, 1.0)
+  expected = -(np.arctan2(sin, cos) ** 2 + 0.1 * thdot ** 2 + 0.001 * u ** 2)
+  live = ~items.is_first[:, 1:]
+  np.testing.assert_allclose(items.reward[:, 1:][live], expected[live], rtol=1e-4, atol=1e-4)
+
+
 def _faulty_actor(server_factory, error_rate, reports):
   config = Config(unroll_length=10, envs_per_actor=4, batch_size=4, replay_max_size=256)
   spec = envs.env_spec("CartPole-v1")

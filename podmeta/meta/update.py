@@ -164,9 +164,7 @@ def matching_loss(network: networks_lib.Network, target_params, params, observat
                                                         network.apply(params, observation))
   else:
     raise ValueError(f"unknown matching {matching!r}")
-  log_p_target = jax.nn.log_softmax(target_logits)
-  kl = jnp.sum(jnp.exp(log_p_target) * (log_p_target - jax.nn.log_softmax(logits)), axis=-1)
-  loss = jnp.mean(kl)
+  loss = jnp.mean(network.distribution.kl(target_logits, logits))
   if matching == "kl_value":
     loss += value_matching_cost * 0.5 * jnp.mean(jnp.square(target_values - values))
   return loss
@@ -197,14 +195,10 @@ class MetaObjective(NamedTuple):
 def make_meta_objective(network: networks_lib.Network, optimizer: optax.GradientTransformation,
                         parameterisation: Parameterisation, fixed_hyper: losses.LossHyperparams,
                         outer_hyper: losses.LossHyperparams, meta: MetaConfig,
-                        clip_rho_threshold: float = 1.0, clip_pg_rho_threshold: float = 1.0,
-                        max_abs_reward: float = 0.0,
+                        options: losses.LossOptions = losses.LossOptions(),
                         axis_name: Optional[str] = learning.AXIS) -> MetaObjective:
-  loss_args = (clip_rho_threshold, clip_pg_rho_threshold, max_abs_reward)
-  step = functools.partial(learning.agent_step, network, optimizer,
-                           clip_rho_threshold=clip_rho_threshold,
-                           clip_pg_rho_threshold=clip_pg_rho_threshold,
-                           max_abs_reward=max_abs_reward, axis_name=axis_name)
+  step = functools.partial(learning.agent_step, network, optimizer, options=options,
+                           axis_name=axis_name)
   sg = jax.lax.stop_gradient
 
   def inner(w, params, opt_state, batches: Trajectory, contexts):
@@ -218,7 +212,7 @@ def make_meta_objective(network: networks_lib.Network, optimizer: optax.Gradient
     return params, opt_state, jax.tree.map(jnp.mean, loss), jnp.mean(grad_norm)
 
   def outer_loss(params, batch):
-    return learning.batch_loss(network, params, batch, outer_hyper, *loss_args)[0]
+    return learning.batch_loss(network, params, batch, outer_hyper, options)[0]
 
   def target(params, opt_state, batch):
     params, opt_state = sg(params), sg(opt_state)
@@ -242,8 +236,7 @@ def make_meta_update_fn(network: networks_lib.Network, optimizer: optax.Gradient
                         parameterisation: Parameterisation,
                         meta_optimizer: optax.GradientTransformation,
                         fixed_hyper: losses.LossHyperparams, outer_hyper: losses.LossHyperparams,
-                        meta: MetaConfig, clip_rho_threshold: float = 1.0,
-                        clip_pg_rho_threshold: float = 1.0, max_abs_reward: float = 0.0,
+                        meta: MetaConfig, options: losses.LossOptions = losses.LossOptions(),
                         max_grad_norm: float = 0.0,
                         axis_name: Optional[str] = learning.AXIS):
   """The pure learner step with meta-learned hyperparameters (state.meta: MetaState).
@@ -252,12 +245,9 @@ def make_meta_update_fn(network: networks_lib.Network, optimizer: optax.Gradient
   metric. The hyperparameter arguments may hold traced values.
   """
   objective = make_meta_objective(network, optimizer, parameterisation, fixed_hyper,
-                                  outer_hyper, meta, clip_rho_threshold,
-                                  clip_pg_rho_threshold, max_abs_reward, axis_name)
-  step = functools.partial(learning.agent_step, network, optimizer,
-                           clip_rho_threshold=clip_rho_threshold,
-                           clip_pg_rho_threshold=clip_pg_rho_threshold,
-                           max_abs_reward=max_abs_reward, axis_name=axis_name)
+                                  outer_hyper, meta, options, axis_name)
+  step = functools.partial(learning.agent_step, network, optimizer, options=options,
+                           axis_name=axis_name)
   k_steps, l_steps = meta.inner_steps, meta.target_steps
 
   def pmean(x):
