@@ -2,13 +2,16 @@ r"""Evaluates a run's newest checkpoint, and films an episode.
 
   python -m launch.evaluate runs/cartpole --episodes=20
   python -m launch.evaluate runs/cartpole --video=cartpole.gif
+  python -m launch.evaluate runs/pendulum --video=pendulum.mp4
   podmeta evaluate runs/cartpole --video=cartpole.gif
 
 Loads RUN_DIR/config.json and the newest checkpoint in RUN_DIR/checkpoints,
 runs `--episodes` episodes with the trained policy (greedy, as the run's
 evaluator does, unless --nogreedy), prints the mean and standard deviation
-of their returns, and with `--video` writes one more episode as an animated
-GIF of the env's rgb_array rendering (at most --video_max_frames frames).
+of their returns, and with `--video` writes one more episode of the env's
+rgb_array rendering (at most --video_max_frames frames), as an MP4 (H.264, by
+the ffmpeg that imageio-ffmpeg ships) or an animated GIF, by the file's
+extension.
 """
 
 import json
@@ -21,7 +24,8 @@ from absl import flags
 _EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes to average over.")
 _GREEDY = flags.DEFINE_bool("greedy", True, "Take the most likely action (else sample).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the episodes' envs and of sampling.")
-_VIDEO = flags.DEFINE_string("video", None, "Write one episode to this .gif file.")
+_VIDEO = flags.DEFINE_string("video", None, "Write one episode to this .mp4 or .gif file.")
+_VIDEO_FORMATS = (".mp4", ".gif")
 _VIDEO_MAX_FRAMES = flags.DEFINE_integer("video_max_frames", 1000, "Frames at most in --video.")
 _VIDEO_FPS = flags.DEFINE_integer("video_fps", 30, "Frames per second of --video.")
 
@@ -54,7 +58,7 @@ def load(run_dir: str):
 
 
 def film(config, policy, params, key, path: str, max_frames: int, fps: int) -> dict:
-  """One episode rendered to an animated GIF; returns its length and return."""
+  """One episode rendered to an MP4 or animated GIF; returns its length and return."""
   import numpy as np
   from PIL import Image
   import envs
@@ -68,27 +72,37 @@ def film(config, policy, params, key, path: str, max_frames: int, fps: int) -> d
     frames, total, steps, done = [frame], 0.0, 0, False
     while not done and len(frames) < max_frames:
       action, _, key = policy(params, key, obs[None])
-      obs, reward, terminated, truncated, _ = env.step(int(np.asarray(action)[0]))
+      action = np.asarray(action)[0]
+      obs, reward, terminated, truncated, _ = env.step(action.item() if action.ndim == 0
+                                                       else action)
       total, steps, done = total + float(reward), steps + 1, terminated or truncated
       frames.append(env.render())
   finally:
     env.close()
-  images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
-  # Identical consecutive frames are merged by the GIF writer, their
-  # durations added: the file's total duration is len(frames) / fps.
-  images[0].save(path, save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
+  if path.endswith(".mp4"):
+    import imageio
+    # H.264 in yuv420p needs even sides; 2 keeps every env's frame unscaled
+    # but an odd one (imageio's default of 16 would rescale most).
+    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=2) as writer:
+      for f in frames:
+        writer.append_data(np.asarray(f, np.uint8))
+  else:
+    images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
+    # Identical consecutive frames are merged by the GIF writer, their
+    # durations added: the file's total duration is len(frames) / fps.
+    images[0].save(path, save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
   return {"video": path, "video_frames": len(frames), "video_episode_steps": steps,
           "video_episode_return": total, "video_episode_complete": bool(done)}
 
 
 def main(argv):
   if len(argv) != 2:
-    _fail("usage: evaluate RUN_DIR [--episodes=N] [--video=FILE.gif]")
+    _fail("usage: evaluate RUN_DIR [--episodes=N] [--video=FILE.mp4|FILE.gif]")
   run_dir = argv[1]
   if _EPISODES.value < 1:
     _fail(f"--episodes must be at least 1 (got {_EPISODES.value})")
-  if _VIDEO.value is not None and not _VIDEO.value.endswith(".gif"):
-    _fail(f"--video must name a .gif file (got {_VIDEO.value!r})")
+  if _VIDEO.value is not None and not _VIDEO.value.endswith(_VIDEO_FORMATS):
+    _fail(f"--video must name a .mp4 or .gif file (got {_VIDEO.value!r})")
   if _VIDEO_MAX_FRAMES.value < 1 or _VIDEO_FPS.value < 1:
     _fail("--video_max_frames and --video_fps must be at least 1")
   from podmeta.logging_setup import quiet_third_party_logs

@@ -58,6 +58,32 @@ def test_evaluate_reports_returns_and_writes_a_gif_of_one_episode(cartpole_run, 
   assert f"podmeta: {cartpole_run} at learner step" in out.strip().splitlines()[-1]
 
 
+def test_evaluate_films_a_continuous_action_run_to_mp4(tmp_path):
+  """Pendulum (a Gaussian policy): evaluated, and an MP4 that decodes to every frame."""
+  run_dir = str(tmp_path / "pendulum")
+  code, out, _ = helpers.run(helpers.train_command(
+      run_dir, "--config=launch/configs/pendulum_impala.py", "--num_actors=1",
+      "--config.envs_per_actor=8", "--config.batch_size=8", "--config.max_env_steps=10000",
+      "--config.eval_episodes=0"), timeout=240, env_overrides=ONE_DEVICE)
+  assert code == 0, out[-3000:]
+  video = str(tmp_path / "episode.mp4")
+  code, out, left = helpers.run(
+      [PODMETA, "evaluate", run_dir, "--episodes=2", f"--video={video}",
+       "--video_max_frames=30", "--video_fps=15"], timeout=120, env_overrides=ONE_DEVICE)
+  assert code == 0 and not left, out[-3000:]
+  result = _json_of(out)
+  assert result["episodes"] == 2
+  # Pendulum's reward is in [-16.3, 0] per step, 200 steps an episode.
+  assert all(-16.3 * 200 <= r <= 0 for r in result["returns"])
+  assert result["video_frames"] == 30 and not result["video_episode_complete"]
+  import imageio  # pylint: disable=g-import-not-at-top
+  with imageio.get_reader(video) as reader:
+    frames = [frame for frame in reader]
+    assert reader.get_meta_data()["fps"] == 15
+  assert len(frames) == 30
+  assert frames[0].shape == (500, 500, 3)  # Pendulum's rgb_array frame
+
+
 @pytest.mark.parametrize("make_dir, must_mention", [
     (lambda d: d, "is not a run directory (no config.json)"),
     (None, "no checkpoint in"),
