@@ -164,7 +164,8 @@ def make_runner(config: Config, swap_every: int, learner_steps_per_point: int):
       batch = Trajectory(
           observation=obs_all[idx], action=act_all[idx], reward=rew_all[idx],
           discount=jnp.ones(idx.shape, jnp.float32), is_first=jnp.zeros(idx.shape, bool),
-          behaviour_logits=logits_all[idx], policy_version=jnp.zeros(idx.shape, jnp.int32))
+          behaviour_logits=logits_all[idx], policy_version=jnp.zeros(idx.shape, jnp.int32),
+          core_state=jnp.zeros((n_chunks, 1, 1), jnp.float32))
       learner_state, metrics = update(learner_state, batch)
       out = {"reward": jnp.sum(r), "entropy": metrics["entropy"],
              "grad_clipped": metrics["grad_clipped"], "grad_norm": metrics["grad_norm"],

@@ -1,8 +1,9 @@
 """Environment factories: gymnasium vector envs for actors, single envs for specs.
 
 Besides gymnasium's own ids: "podmeta/TwoColours-v0" (`two_colours`) and
-"podmeta/<Game>-v0" for every Atari game (`atari`), e.g. "podmeta/Pong-v0", and
-CartPoles that fail on purpose (`faulty`). A user's own env is named the
+"podmeta/<Game>-v0" for every Atari game (`atari`), e.g. "podmeta/Pong-v0",
+CartPoles that fail on purpose (`faulty`) and one without its velocities, which
+needs memory (`memory`). A user's own env is named the
 gymnasium way, "module:EnvId": the module is imported first (its import
 registers the env), in every process that makes the env.
 """
@@ -16,6 +17,7 @@ import numpy as np
 
 from envs import atari
 from envs import faulty
+from envs import memory
 from envs import two_colours
 
 
@@ -24,6 +26,7 @@ def register() -> None:
   two_colours.register()
   atari.register()
   faulty.register()
+  memory.register()
 
 
 class EnvSpec(NamedTuple):

@@ -57,11 +57,12 @@ def load(run_dir: str):
   return config, state.params, int(counters.get("learner_steps", state.step))
 
 
-def film(config, policy, params, key, path: str, max_frames: int, fps: int) -> dict:
+def film(config, network, policy, params, key, path: str, max_frames: int, fps: int) -> dict:
   """One episode rendered to an MP4 or animated GIF; returns its length and return."""
   import numpy as np
   from PIL import Image
   import envs
+  from podmeta.acting import initial_state
   kwargs = dict(config.env_make_kwargs, render_mode="rgb_array")
   env = envs.make_env(config.env_id, kwargs, config.env_wrappers)
   try:
@@ -70,8 +71,9 @@ def film(config, policy, params, key, path: str, max_frames: int, fps: int) -> d
     if frame is None:
       raise ValueError(f"env {config.env_id!r} renders no rgb_array frames")
     frames, total, steps, done = [frame], 0.0, 0, False
+    state = initial_state(network, 1)
     while not done and len(frames) < max_frames:
-      action, _, key = policy(params, key, obs[None])
+      action, _, state, key = policy(params, key, obs[None], np.array([steps == 0]), state)
       action = np.asarray(action)[0]
       obs, reward, terminated, truncated, _ = env.step(action.item() if action.ndim == 0
                                                        else action)
@@ -121,7 +123,7 @@ def main(argv):
   key = jax.random.PRNGKey(_SEED.value)
   env = builder.vector_env(config, _EPISODES.value, _SEED.value)
   try:
-    returns = run_episodes(env, policy, params, key)
+    returns = run_episodes(env, network, policy, params, key)
   finally:
     env.close()
   result = {"run_dir": run_dir, "learner_steps": step, "env_id": config.env_id,
@@ -130,7 +132,7 @@ def main(argv):
             "returns": returns}
   if _VIDEO.value:
     try:
-      result.update(film(config, policy, params, jax.random.fold_in(key, 1), _VIDEO.value,
+      result.update(film(config, network, policy, params, jax.random.fold_in(key, 1), _VIDEO.value,
                          _VIDEO_MAX_FRAMES.value, _VIDEO_FPS.value))
     except ValueError as e:
       _fail(str(e))

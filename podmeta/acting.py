@@ -21,23 +21,35 @@ _FIRST_FETCH_TIMEOUT_SECONDS = 300.0
 
 
 def make_policy(network: networks_lib.Network, greedy: bool = False):
-  """jit(params, key, obs[E, ...]) -> (actions[E, ...], logits[E, P], next key) on the CPU.
+  """jit(params, key, obs[E, ...], is_first[E], state[E, S]) -> (actions[E, ...],
+  logits[E, P], next state, next key) on the CPU.
 
   Samples from the network's action distribution, or takes its mode (`greedy`).
+  `state` is the core state before this step (reset where is_first); a
+  feed-forward network passes it through.
 
   The key is split inside the jitted function: a separate `jax.random.split`
   call costs more than the whole policy on CartPole-sized inputs.
   """
 
-  def policy(params, key, obs):
+  def policy(params, key, obs, is_first, state):
     key, sub = jax.random.split(key)
-    logits = network.policy(params, obs)
+    if network.state_size:
+      logits, _, state = network.unroll(params, obs[:, None], is_first[:, None], state)
+      logits = logits[:, 0]
+    else:
+      logits = network.policy(params, obs)
     dist = network.distribution
     action = dist.mode(logits) if greedy else dist.sample(sub, logits)
-    return action.astype(dist.action_dtype), logits, key
+    return action.astype(dist.action_dtype), logits, state, key
 
   return jax.jit(policy, backend="cpu")
 
+
+
+def initial_state(network: networks_lib.Network, num_envs: int) -> np.ndarray:
+  """The core state before any step: zeros, one ignored zero for a feed-forward network."""
+  return np.zeros((num_envs, max(network.state_size, 1)), np.float32)
 
 
 def _cpu():
@@ -147,6 +159,7 @@ class Actor(core.Worker):
     (`env_errors`); `max_consecutive_env_errors` of them in a row end the
     actor with the last one."""
     self._env = env
+    self._network = network
     self._policy = make_policy(network)
     self._variables = VariableClient(variable_source, variable_update_period)
     self._writer = writer
@@ -170,6 +183,7 @@ class Actor(core.Worker):
     discount = np.ones(n, np.float32)
     is_first = np.ones(n, np.bool_)
     done = np.zeros(n, np.bool_)  # whether obs is the last one of its episode
+    state = initial_state(self._network, n)
     env_steps = 0
     unreported = _no_stats()
     last_report = t0 = time.monotonic()
@@ -178,12 +192,15 @@ class Actor(core.Worker):
     try:
       while not stop.is_set() and (max_steps is None or vector_steps < max_steps):
         self._variables.update()
-        action, logits, self._key = self._policy(self._variables.params, self._key, obs)
+        action, logits, next_state, self._key = self._policy(
+            self._variables.params, self._key, obs, is_first, state)
         action = np.asarray(action)
         step = Trajectory(
             observation=obs, action=action, reward=reward, discount=discount,
             is_first=is_first, behaviour_logits=np.asarray(logits),
-            policy_version=np.full(n, self._variables.version, np.int32))
+            policy_version=np.full(n, self._variables.version, np.int32), core_state=state)
+        if self._network.state_size:  # a feed-forward network's is a constant zero
+          state = np.asarray(next_state)
         if self._writer.append(step):
           self._flush_until_written(stop)
         try:
@@ -197,6 +214,7 @@ class Actor(core.Worker):
           self._episodes = EpisodeTracker(n)
           reward, discount = np.zeros(n, np.float32), np.ones(n, np.float32)
           is_first, done = np.ones(n, np.bool_), np.zeros(n, np.bool_)
+          state = initial_state(self._network, n)
           continue
         self._env_errors.succeeded()
         # Next-step autoreset: an env whose episode ended on the previous step

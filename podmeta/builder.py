@@ -39,7 +39,8 @@ _CALL_TIMEOUT_SECONDS = 5.0
 def make_network(config: Config, spec: envs.EnvSpec) -> networks_lib.Network:
   return networks_lib.make_network(config.torso, config.hidden_sizes, spec.obs_shape,
                                    spec.num_actions, config.shared_torso, spec.continuous,
-                                   config.gaussian_std, config.gaussian_init_std)
+                                   config.gaussian_std, config.gaussian_init_std, config.core,
+                                   config.core_size)
 
 
 def make_optimizer(config: Config):
@@ -67,7 +68,9 @@ def unrolls_per_item(config: Config) -> int:
 def make_spec(config: Config, spec: envs.EnvSpec) -> replay_lib.Trajectory:
   return replay_lib.trajectory_spec(spec.obs_shape, spec.obs_dtype, spec.num_actions,
                                     config.unroll_length, unrolls_per_item(config),
-                                    spec.continuous)
+                                    spec.continuous,
+                                    networks_lib.state_size(config.core, config.core_size,
+                                                            config.shared_torso))
 
 
 def outer_hyperparams(config: Config) -> losses.LossHyperparams:

@@ -16,6 +16,7 @@ from podmeta.validation import coerce
 _OPTIMIZERS = ("adam", "rmsprop", "sgd")
 _TORSOS = ("mlp", "conv", "impala_deep")
 _GAUSSIAN_STDS = ("learned", "state")
+_CORES = ("none", "lstm")
 _REPLAYS = ("queue", "uniform")
 
 
@@ -59,6 +60,12 @@ class Config:
   # (an output of the policy head); either starts at gaussian_init_std.
   gaussian_std: str = "learned"
   gaussian_init_std: float = 1.0
+  # The agent's memory: "lstm" puts an LSTM of core_size units after the torso
+  # (after each torso when they are separate); "none" is feed-forward. Actors
+  # carry its state, each unroll stores the state at its first step, and the
+  # learner unrolls it over the unroll, reset where an episode starts.
+  core: str = "none"
+  core_size: int = 64
 
   # Unrolls and batches. A batch holds `batch_size` unrolls of `unroll_length`
   # transitions each, split evenly over the learner's devices.
@@ -173,6 +180,8 @@ def _validate(c: Config) -> None:
           "hidden_sizes", "must be a non-empty tuple of positive sizes")
   require(c.gaussian_std in _GAUSSIAN_STDS, "gaussian_std", f"must be one of {_GAUSSIAN_STDS}")
   require(c.gaussian_init_std > 0, "gaussian_init_std", "must be positive")
+  require(c.core in _CORES, "core", f"must be one of {_CORES}")
+  require(c.core_size >= 1, "core_size", "must be at least 1")
   require(c.unroll_length >= 1, "unroll_length", "must be at least 1")
   require(c.batch_size >= 1, "batch_size", "must be at least 1")
   require(0.0 <= c.discount <= 1.0, "discount", "must be in [0, 1]")

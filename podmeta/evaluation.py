@@ -10,21 +10,27 @@ import numpy as np
 
 from podmeta import core
 from podmeta import networks as networks_lib
+from podmeta.acting import initial_state
 from podmeta.acting import make_policy
 
 
-def run_episodes(env, policy, params, key, max_steps: int = 100_000,
+def run_episodes(env, network: networks_lib.Network, policy, params, key,
+                 max_steps: int = 100_000,
                  stop: Optional[threading.Event] = None) -> List[float]:
   """Return of the first episode of every env in `env` (a vector env)."""
   n = env.num_envs
   obs, _ = env.reset()
   returns = np.zeros(n)
   finished = np.zeros(n, np.bool_)
+  state = initial_state(network, n)
+  is_first, done = np.ones(n, np.bool_), np.zeros(n, np.bool_)
   for _ in range(max_steps):
-    action, _, key = policy(params, key, obs)
+    action, _, state, key = policy(params, key, obs, is_first, state)
     obs, r, terminated, truncated, _ = env.step(np.asarray(action))
+    # Next-step autoreset: an env whose last observation was final was reset.
+    is_first, done = done, np.logical_or(terminated, truncated)
     returns += np.where(finished, 0.0, r)
-    finished |= np.logical_or(terminated, truncated)
+    finished |= done
     if finished.all() or (stop is not None and stop.is_set()):
       break
   return returns.tolist()
@@ -37,6 +43,7 @@ class Evaluator(core.Worker):
                report: Optional[Callable[[int, float], Any]] = None,
                stop_event: Optional[threading.Event] = None):
     self._env = env
+    self._network = network
     self._policy = make_policy(network, greedy=True)
     self._source = variable_source
     self._key = key
@@ -48,7 +55,7 @@ class Evaluator(core.Worker):
   def evaluate_once(self, stop: Optional[threading.Event] = None):
     version, params = self._source.get_variables()
     self._key, sub = jax.random.split(self._key)
-    returns = run_episodes(self._env, self._policy, params, sub, stop=stop)
+    returns = run_episodes(self._env, self._network, self._policy, params, sub, stop=stop)
     return version, returns
 
   @core.names_failures("evaluator")

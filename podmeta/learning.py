@@ -64,8 +64,10 @@ def batch_loss(network: networks_lib.Network, params, batch: Trajectory,
                hyper: losses.LossHyperparams,
                options: losses.LossOptions = losses.LossOptions()
                ) -> Tuple[jnp.ndarray, losses.LossOutput]:
-  """Mean IMPALA loss over a batch of unrolls [B, T+1, ...]."""
-  logits, values = network.apply(params, batch.observation)
+  """Mean IMPALA loss over a batch of unrolls [B, T+1, ...]; a recurrent network
+  is unrolled from each unroll's stored core state."""
+  logits, values, _ = network.unroll(params, batch.observation, batch.is_first,
+                                     batch.core_state[:, 0])
   per_unroll = jax.vmap(
       functools.partial(losses.impala_loss, hyper=hyper, distribution=network.distribution,
                         **options._asdict()))(

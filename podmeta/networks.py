@@ -1,7 +1,7 @@
 """Haiku actor-critic networks: a torso (MLP, shallow or deep conv) with policy and value heads."""
 
 import math
-from typing import Callable, NamedTuple, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import haiku as hk
 import jax
@@ -15,16 +15,23 @@ class Network(NamedTuple):
   """Pure functions of the agent network.
 
   init(key, observation) -> params, with `observation` one example with a
-  leading batch axis. apply(params, observations) -> (logits, values) for
-  observations of shape [..., *obs_shape]: any number of leading axes;
+  leading batch axis. unroll(params, observations [B, N, ...], is_first
+  [B, N], state [B, S]) -> (logits [B, N, P], values [B, N], state [B, S]):
+  the network over B sequences of N steps, from the core state before the
+  first step, the state reset to zeros at every step that starts an episode;
   "logits" are the parameters of `distribution` (for a Gaussian, mean and log
-  std). policy(params, observations) -> logits, the same logits as apply's;
-  with separate torsos it skips the value torso, which acting never needs.
+  std). A feed-forward network (`state_size` 0) ignores is_first and the
+  state, and also has apply(params, observations) -> (logits, values) for any
+  leading axes and policy(params, observations) -> logits (skipping a
+  separate value torso, which acting never needs); a recurrent one has
+  neither (None).
   """
   init: Callable
-  apply: Callable[..., Tuple[jnp.ndarray, jnp.ndarray]]
-  policy: Callable[..., jnp.ndarray]
+  apply: Optional[Callable[..., Tuple[jnp.ndarray, jnp.ndarray]]]
+  policy: Optional[Callable[..., jnp.ndarray]]
   distribution: distributions.ActionDistribution
+  unroll: Callable
+  state_size: int
 
 
 _ORTHOGONAL_RELU = hk.initializers.Orthogonal(np.sqrt(2.0))
@@ -144,28 +151,35 @@ class GaussianHead(hk.Module):
     return jnp.concatenate([mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)], axis=-1)
 
 
+def state_size(core: str, core_size: int, shared_torso: bool) -> int:
+  """Width of the flat core state: an LSTM's [hidden, cell] per torso, or 0."""
+  if core == "none":
+    return 0
+  return 2 * core_size * (1 if shared_torso else 2)
+
+
 def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[int],
                  num_actions: int, shared_torso: bool = True, continuous: bool = False,
-                 gaussian_std: str = "learned", gaussian_init_std: float = 1.0) -> Network:
+                 gaussian_std: str = "learned", gaussian_init_std: float = 1.0,
+                 core: str = "none", core_size: int = 64) -> Network:
   """Builds the actor-critic network for `num_actions` discrete actions, or
   (`continuous`) a Gaussian policy over `num_actions` action dimensions.
 
   With `shared_torso=False` the policy and the value each get their own torso:
   on small control tasks the value regression's large gradients otherwise
-  swamp the policy's in the shared layers.
+  swamp the policy's in the shared layers. `core="lstm"` puts an LSTM of
+  `core_size` units after each torso (the agent's memory; IMPALA's agents,
+  Espeholt et al. 2018, Fig. 3): the network is then recurrent.
   """
   torso_cls = TORSOS[torso]
   obs_rank = len(obs_shape)
   distribution = distributions.for_actions(num_actions, continuous)
   if continuous and gaussian_std not in ("learned", "state"):
     raise ValueError(f"unknown gaussian_std {gaussian_std!r}")
+  if core not in ("none", "lstm"):
+    raise ValueError(f"unknown core {core!r}")
 
-  def forward(obs, policy_only=False):
-    lead_shape = obs.shape[:obs.ndim - obs_rank]
-    flat = jnp.reshape(obs, (int(np.prod(lead_shape, dtype=np.int64)),) + obs.shape[len(lead_shape):])
-    h_policy = torso_cls(hidden_sizes)(flat)
-    if not policy_only:
-      h_value = h_policy if shared_torso else torso_cls(hidden_sizes, name="value_torso")(flat)
+  def heads(h_policy, h_value):
     # Orthogonal initialisation with a near-uniform initial policy (policy head
     # scaled by 0.01) matters a great deal for on-policy actor-critic
     # (Andrychowicz et al. 2021, arXiv 2006.05990); with haiku's default
@@ -176,17 +190,68 @@ def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[in
     else:
       logits = hk.Linear(num_actions, w_init=hk.initializers.Orthogonal(0.01),
                          name="policy")(h_policy)
+    if h_value is None:
+      return logits, None
+    value = jnp.squeeze(hk.Linear(1, w_init=hk.initializers.Orthogonal(1.0),
+                                  name="value")(h_value), axis=-1)
+    return logits, value
+
+  def forward(obs, policy_only=False):
+    lead_shape = obs.shape[:obs.ndim - obs_rank]
+    flat = jnp.reshape(obs, (int(np.prod(lead_shape, dtype=np.int64)),) + obs.shape[len(lead_shape):])
+    h_policy = torso_cls(hidden_sizes)(flat)
+    h_value = None
+    if not policy_only:
+      h_value = h_policy if shared_torso else torso_cls(hidden_sizes, name="value_torso")(flat)
+    logits, value = heads(h_policy, h_value)
     logits = logits.reshape(lead_shape + (distribution.num_params,))
     if policy_only:
       return logits
-    value = jnp.squeeze(hk.Linear(1, w_init=hk.initializers.Orthogonal(1.0),
-                                  name="value")(h_value), axis=-1)
     return logits, value.reshape(lead_shape)
 
-  transformed = hk.without_apply_rng(hk.transform(forward))
-  # Every module has a fixed name, so the policy-only call reads the same
-  # params; init always takes the full path, in the order it always had.
-  return Network(init=transformed.init, apply=transformed.apply,
-                 policy=lambda params, obs: transformed.apply(params, obs, policy_only=True),
-                 distribution=distribution)
+  if core == "none":
+    transformed = hk.without_apply_rng(hk.transform(forward))
+    # Every module has a fixed name, so the policy-only call reads the same
+    # params; init always takes the full path, in the order it always had.
+    return Network(init=transformed.init, apply=transformed.apply,
+                   policy=lambda params, obs: transformed.apply(params, obs, policy_only=True),
+                   distribution=distribution,
+                   unroll=lambda params, obs, is_first, state: (
+                       *transformed.apply(params, obs), state),
+                   state_size=0)
+
+  width = 2 * core_size
+
+  def lstm(h, is_first, state, name):
+    """h [B, N, F] through a resetting LSTM from state [B, 2H]: ([B, N, H], [B, 2H])."""
+    cell = hk.ResetCore(hk.LSTM(core_size, name=name))
+    initial = hk.LSTMState(hidden=state[:, :core_size], cell=state[:, core_size:])
+    out, final = hk.dynamic_unroll(
+        cell, (jnp.swapaxes(h, 0, 1), jnp.swapaxes(is_first, 0, 1)), initial)
+    return jnp.swapaxes(out, 0, 1), jnp.concatenate([final.hidden, final.cell], -1)
+
+  def recurrent(obs, is_first, state):
+    b, n = is_first.shape
+    flat = jnp.reshape(obs, (b * n,) + obs.shape[2:])
+    h_policy, policy_state = lstm(torso_cls(hidden_sizes)(flat).reshape(b, n, -1),
+                                  is_first, state[:, :width], "lstm")
+    if shared_torso:
+      h_value, new_state = h_policy, policy_state
+    else:
+      h_value, value_state = lstm(
+          torso_cls(hidden_sizes, name="value_torso")(flat).reshape(b, n, -1),
+          is_first, state[:, width:], "value_lstm")
+      new_state = jnp.concatenate([policy_state, value_state], -1)
+    logits, value = heads(h_policy.reshape(b * n, -1), h_value.reshape(b * n, -1))
+    return logits.reshape(b, n, -1), value.reshape(b, n), new_state
+
+  transformed = hk.without_apply_rng(hk.transform(recurrent))
+  size = state_size(core, core_size, shared_torso)
+
+  def init(key, obs):
+    return transformed.init(key, obs[:, None], jnp.ones(obs.shape[:1] + (1,), jnp.bool_),
+                            jnp.zeros(obs.shape[:1] + (size,), jnp.float32))
+
+  return Network(init=init, apply=None, policy=None, distribution=distribution,
+                 unroll=transformed.apply, state_size=size)
 

@@ -23,7 +23,7 @@ import numpy as np
 import reverb
 import tensorflow as tf
 
-from podmeta.types import Spec, Trajectory, trajectory_spec  # re-exported: the schema
+from podmeta.types import Spec, Trajectory, per_unroll, trajectory_spec  # re-exported: the schema
 
 TABLE = "unrolls"
 
@@ -87,7 +87,9 @@ class UnrollWriter:
 
   Steps are gathered in a host buffer of shape [T+1, E, ...]; when it is full
   each group of envs is sent as one item, and the last step is carried over as
-  the first step of the next unroll.
+  the first step of the next unroll. A per-unroll field (core_state) keeps two
+  rows, the value at the unroll's first step (written) and the latest one
+  (which becomes the first when the last step is carried over).
   """
 
   def __init__(self, client: reverb.Client, spec: Trajectory, num_envs: int):
@@ -95,22 +97,30 @@ class UnrollWriter:
     if num_envs % self._group:
       raise ValueError(f"{num_envs} envs do not split into items of {self._group} unrolls")
     self._num_envs = num_envs
+    self._per_unroll = [per_unroll(s) for s in spec]
     self._buffer = Trajectory(*[
-        np.zeros((self._length, num_envs) + s.shape[2:], s.dtype) for s in spec])
+        np.zeros((2 if once else self._length, num_envs) + s.shape[2:], s.dtype)
+        for s, once in zip(spec, self._per_unroll)])
     self._t = 0
     self._writer = client.trajectory_writer(num_keep_alive_refs=1)
 
   def append(self, step: Trajectory) -> bool:
     """Adds one vector step ([E, ...] per field). Returns True if items were queued."""
-    for buf, value in zip(self._buffer, step):
-      buf[self._t] = value
+    for buf, value, once in zip(self._buffer, step, self._per_unroll):
+      if once:
+        buf[1] = value
+        if self._t == 0:
+          buf[0] = value
+      else:
+        buf[self._t] = value
     self._t += 1
     if self._t < self._length:
       return False
     g = self._group
     for start in range(0, self._num_envs, g):
-      self._writer.append({name: np.ascontiguousarray(buf[:, start:start + g])
-                           for name, buf in zip(Trajectory._fields, self._buffer)})
+      self._writer.append({name: np.ascontiguousarray(buf[:1 if once else None, start:start + g])
+                           for name, buf, once in zip(Trajectory._fields, self._buffer,
+                                                      self._per_unroll)})
       history = self._writer.history  # rebuilt on every access: read it once
       self._writer.create_item(
           TABLE, priority=1.0,

@@ -20,6 +20,9 @@ class Trajectory(NamedTuple):
   (the acting policy's distribution parameters: logits, or a Gaussian's mean
   and log std);
   `policy_version` is the learner step of the parameters that chose a_t.
+  `core_state` has one entry per unroll, not per step (time axis of length
+  1): a recurrent network's state before x_0, from which the learner unrolls
+  it; a feed-forward network stores one ignored zero.
   """
   observation: np.ndarray
   action: np.ndarray
@@ -28,6 +31,7 @@ class Trajectory(NamedTuple):
   is_first: np.ndarray
   behaviour_logits: np.ndarray
   policy_version: np.ndarray
+  core_state: np.ndarray
 
 
 class Spec(NamedTuple):
@@ -36,7 +40,8 @@ class Spec(NamedTuple):
 
 
 def trajectory_spec(obs_shape: Sequence[int], obs_dtype, num_actions: int,
-                    unroll_length: int, group: int = 1, continuous: bool = False) -> Trajectory:
+                    unroll_length: int, group: int = 1, continuous: bool = False,
+                    state_size: int = 0) -> Trajectory:
   """Shapes and dtypes of one replay item: `group` unrolls of T+1 steps, time-major.
 
   Discrete actions are int32 with `num_actions` logits; continuous ones are
@@ -56,7 +61,13 @@ def trajectory_spec(obs_shape: Sequence[int], obs_dtype, num_actions: int,
       is_first=Spec(n, np.dtype(np.bool_)),
       behaviour_logits=Spec(n + (num_params,), np.dtype(np.float32)),
       policy_version=Spec(n, np.dtype(np.int32)),
+      core_state=Spec((1, group, max(state_size, 1)), np.dtype(np.float32)),
   )
+
+
+def per_unroll(spec: Spec) -> bool:
+  """Whether a field holds one entry per unroll (core_state) rather than one per step."""
+  return spec.shape[0] == 1
 
 
 def zeros_batch(spec: Trajectory, batch_size: int) -> Trajectory:

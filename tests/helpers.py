@@ -16,7 +16,8 @@ from podmeta.types import Trajectory
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def random_batch(spec, batch_size: int, unroll_length: int, seed: int) -> Trajectory:
+def random_batch(spec, batch_size: int, unroll_length: int, seed: int,
+                 state_size: int = 0) -> Trajectory:
   """A batch of plausible unrolls with episode ends in it (Gaussian ones where
   `spec.continuous`: actions near the behaviour mean, log stds near 0)."""
   rng = np.random.default_rng(seed)
@@ -38,7 +39,8 @@ def random_batch(spec, batch_size: int, unroll_length: int, seed: int) -> Trajec
       discount=discount.astype(np.float32),
       is_first=is_first,
       behaviour_logits=behaviour,
-      policy_version=np.zeros((batch_size, n), np.int32))
+      policy_version=np.zeros((batch_size, n), np.int32),
+      core_state=np.zeros((batch_size, 1, max(state_size, 1)), np.float32))
 
 
 def train_command(run_dir, *args):

@@ -154,3 +154,34 @@ def test_gaussian_policy_head(std):
     assert np.all((log_std >= networks.LOG_STD_MIN) & (log_std <= networks.LOG_STD_MAX))
     assert np.std(log_std[:, 0]) > 0  # it depends on the state
   assert net.distribution.name == "gaussian" and net.distribution.num_params == 4
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_lstm_unroll_equals_a_step_by_step_unroll_with_resets(shared):
+  """The learner's unroll over a sequence = one step at a time, the state zeroed by hand
+  wherever a step starts an episode (the reference never asks the network to reset)."""
+  net = networks.make_network("mlp", (8,), (3,), num_actions=4, shared_torso=shared,
+                              core="lstm", core_size=5)
+  assert net.state_size == (10 if shared else 20) == networks.state_size("lstm", 5, shared)
+  rng = np.random.default_rng(0)
+  b, n = 3, 7
+  obs = rng.normal(size=(b, n, 3)).astype(np.float32)
+  is_first = np.zeros((b, n), bool)
+  is_first[0, 3] = is_first[1, 0] = is_first[2, 2] = is_first[2, 5] = True
+  state0 = rng.normal(size=(b, net.state_size)).astype(np.float32)
+  params = net.init(jax.random.PRNGKey(0), obs[:, 0])
+  logits, values, final = net.unroll(params, obs, is_first, state0)
+  assert logits.shape == (b, n, 4) and values.shape == (b, n) and final.shape == state0.shape
+
+  state, no_reset = state0, np.zeros((b, 1), bool)
+  for t in range(n):
+    state = np.where(is_first[:, t:t + 1], 0.0, state)
+    step_logits, step_values, state = net.unroll(params, obs[:, t:t + 1], no_reset, state)
+    np.testing.assert_allclose(logits[:, t], step_logits[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values[:, t], step_values[:, 0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(final, state, rtol=1e-5, atol=1e-6)
+  # The state matters: another initial state changes the steps before the first reset only.
+  other = net.unroll(params, obs, is_first, state0 + 1.0)[0]
+  assert not np.allclose(other[0, :3], logits[0, :3])
+  np.testing.assert_allclose(other[0, 3:], logits[0, 3:], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(other[1], logits[1], rtol=1e-5, atol=1e-6)

@@ -45,7 +45,8 @@ def _steps(rng, num_envs, n, first_version=0):
       reward=rng.normal(size=num_envs).astype(np.float32),
       discount=np.ones(num_envs, np.float32), is_first=np.zeros(num_envs, bool),
       behaviour_logits=rng.normal(size=(num_envs, 5)).astype(np.float32),
-      policy_version=np.full(num_envs, first_version + t, np.int32)) for t in range(n)]
+      policy_version=np.full(num_envs, first_version + t, np.int32),
+      core_state=np.zeros((num_envs, 1), np.float32)) for t in range(n)]
 
 
 def test_a_batch_of_several_items_survives_slow_actors(server_factory):
@@ -95,7 +96,8 @@ def test_schema_round_trips_with_one_step_overlap(server_factory):
         discount=(rng.random(num_envs) < 0.8).astype(np.float32),
         is_first=rng.random(num_envs) < 0.3,
         behaviour_logits=rng.normal(size=(num_envs, 5)).astype(np.float32),
-        policy_version=np.full(num_envs, t, np.int32))
+        policy_version=np.full(num_envs, t, np.int32),
+        core_state=rng.normal(size=(num_envs, 1)).astype(np.float32))
     written.append(step)
     writer.append(step)
   writer.flush()
@@ -109,7 +111,9 @@ def test_schema_round_trips_with_one_step_overlap(server_factory):
     for e in range(num_envs):
       got = jax.tree.map(lambda x: x[u * num_envs + e], items)
       for field in replay_lib.Trajectory._fields:
-        expected = np.stack([getattr(written[4 * u + t], field)[e] for t in range(5)])
+        # core_state is stored once per unroll: the value at its first step.
+        steps = 1 if field == "core_state" else 5
+        expected = np.stack([getattr(written[4 * u + t], field)[e] for t in range(steps)])
         np.testing.assert_array_equal(getattr(got, field), expected, err_msg=field)
         assert getattr(got, field).dtype == expected.dtype
   writer.close()
@@ -182,6 +186,38 @@ def test_a_gaussian_actor_writes_float_actions_the_env_sees_clipped_and_rescaled
   expected = -(np.arctan2(sin, cos) ** 2 + 0.1 * thdot ** 2 + 0.001 * u ** 2)
   live = ~items.is_first[:, 1:]
   np.testing.assert_allclose(items.reward[:, 1:][live], expected[live], rtol=1e-4, atol=1e-4)
+
+
+def test_an_lstm_actor_stores_the_state_the_learner_unrolls_from(server_factory):
+  """Each unroll's core_state is the actor's state before its first step: unrolling the
+  network from it over the stored observations (with resets) gives back every stored
+  behaviour logit, across unroll boundaries and episode ends."""
+  config = Config(env_id="podmeta/CartPoleNoVelocity-v1", unroll_length=10, envs_per_actor=4,
+                  batch_size=4, replay_max_size=256, core="lstm", core_size=8)
+  spec = envs.env_spec(config.env_id)
+  server, client = server_factory(config, spec)
+  learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
+  network = builder.make_network(config, spec)
+  actor = Actor(
+      env=envs.make_vector_env(config.env_id, 4, seed=2), network=network,
+      variable_source=learner,
+      writer=replay_lib.UnrollWriter(client, builder.make_spec(config, spec), 4),
+      key=jax.random.PRNGKey(0), variable_update_period=5, report_every_seconds=1e9,
+      stop_event=threading.Event())
+  actor.run(max_steps=81)  # 8 unrolls per env; CartPole episodes end within them
+  items = _read(f"localhost:{server.port}", 32, batch_size=4, group=4)
+  assert items.core_state.shape == (32, 1, network.state_size)
+  assert items.is_first[:, 1:].any()
+  np.testing.assert_array_equal(items.core_state[:4], 0.0)  # the first unrolls start fresh
+  assert np.abs(items.core_state[4:]).max() > 1e-3
+  _, params = learner.get_variables()
+  logits, _, _ = network.unroll(params, items.observation, items.is_first,
+                                items.core_state[:, 0])
+  np.testing.assert_allclose(items.behaviour_logits, np.asarray(logits), atol=1e-5)
+  # The learner steps on it, the parameters change and the loss is finite.
+  metrics = learner.step(jax.tree.map(lambda x: x[None, :4], items))  # [devices, B, ...]
+  assert np.all(np.isfinite(np.asarray(metrics["loss"])))
+  assert learner.get_variables()[0] == 1
 
 
 def _faulty_actor(server_factory, error_rate, reports):

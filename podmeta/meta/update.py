@@ -144,26 +144,29 @@ def split_chunks(batch: Trajectory, num_chunks: int) -> Trajectory:
   return jax.tree.map(split, batch)
 
 
-def matching_loss(network: networks_lib.Network, target_params, params, observation,
+def matching_loss(network: networks_lib.Network, target_params, params, batch: Trajectory,
                   matching: str = "kl", value_matching_cost: float = 0.5) -> jnp.ndarray:
   """mu(x~, x): the distance the meta-parameters minimise; x~ is the target.
 
   "kl" is KL(pi_x~ || pi_x) = sum_a pi_x~(a) (log pi_x~(a) - log pi_x(a)),
-  averaged over the states in `observation` ([B, T+1, ...]); "kl_value" adds
-  value_matching_cost * 0.5 (V_x~ - V_x)^2; "l2" is 0.5 ||x~ - x||^2.
+  averaged over the states of `batch` ([B, T+1, ...]; a recurrent network
+  unrolled over it); "kl_value" adds value_matching_cost * 0.5 (V_x~ - V_x)^2;
+  "l2" is 0.5 ||x~ - x||^2 (no batch needed).
   """
   if matching == "l2":
     sq = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), target_params, params)
     return 0.5 * sum(jax.tree.leaves(sq))
-  if matching == "kl":
-    # The policy alone: the value torso would be computed twice for nothing.
-    target_logits, logits = network.policy(target_params, observation), network.policy(
-        params, observation)
-  elif matching == "kl_value":
-    (target_logits, target_values), (logits, values) = (network.apply(target_params, observation),
-                                                        network.apply(params, observation))
-  else:
+  if matching not in ("kl", "kl_value"):
     raise ValueError(f"unknown matching {matching!r}")
+  if matching == "kl" and not network.state_size:
+    # The policy alone: the value torso would be computed twice for nothing.
+    target_logits, logits = (network.policy(target_params, batch.observation),
+                             network.policy(params, batch.observation))
+  else:
+    def unroll(p):
+      return network.unroll(p, batch.observation, batch.is_first, batch.core_state[:, 0])
+    (target_logits, target_values, _), (logits, values, _) = (
+        unroll(target_params), unroll(params))
   loss = jnp.mean(network.distribution.kl(target_logits, logits))
   if matching == "kl_value":
     loss += value_matching_cost * 0.5 * jnp.mean(jnp.square(target_values - values))
@@ -184,7 +187,7 @@ class MetaObjective(NamedTuple):
   differentiable updates; `outer_loss(params, batch)` is the MG objective;
   `target(params, opt_state, batch)` is BMG's bootstrap from the given agent
   (its outer step, when configured, under stop-gradient); `match(target,
-  params, observation)` is mu.
+  params, batch)` is mu.
   """
   inner: Callable
   outer_loss: Callable
@@ -225,8 +228,8 @@ def make_meta_objective(network: networks_lib.Network, optimizer: optax.Gradient
       grads = jax.lax.pmean(grads, axis_name)
     return sg(jax.tree.map(lambda p, g: p - meta.target_learning_rate * g, params, grads))
 
-  def match(target_params, params, observation):
-    return matching_loss(network, target_params, params, observation, meta.matching,
+  def match(target_params, params, batch):
+    return matching_loss(network, target_params, params, batch, meta.matching,
                          meta.value_matching_cost)
 
   return MetaObjective(inner=inner, outer_loss=outer_loss, target=target, match=match)
@@ -276,7 +279,7 @@ def make_meta_update_fn(network: networks_lib.Network, optimizer: optax.Gradient
       x_k = objective.inner(w, x_s, opt_s, inner_batches, inner_contexts)[0]
       if meta.method == "mg":
         return objective.outer_loss(x_k, batch)
-      return objective.match(target, x_k, batch.observation)
+      return objective.match(target, x_k, batch)
 
     meta_loss, grads = jax.value_and_grad(meta_loss_fn)(w)
     active = ring.count >= ring.context.shape[0]
@@ -299,7 +302,7 @@ def make_meta_update_fn(network: networks_lib.Network, optimizer: optax.Gradient
           repeated = jax.tree.map(lambda x: jnp.broadcast_to(x, (l_steps - 1,) + x.shape), last)
           tp, topt, _, _ = objective.inner(jax.lax.stop_gradient(w), tp, topt, repeated,
                                            contexts[:1].repeat(l_steps - 1, 0))
-        value = objective.match(objective.target(tp, topt, last), x_k, last.observation)
+        value = objective.match(objective.target(tp, topt, last), x_k, last)
       return value, (x_k, opt_k, loss, grad_norm)
 
     (meta_loss, (x_k, opt_k, loss, grad_norm)), grads = jax.value_and_grad(
