@@ -15,6 +15,9 @@ Tasks:
 * pendulum: launch/configs/pendulum_impala.py (a Gaussian policy) on
   Pendulum-v1 for 3M env steps; random play scores about -1200 per episode,
   a solved agent about -150; the threshold is -300.
+* cartpole_no_velocity: launch/configs/cartpole_no_velocity_lstm.py (an LSTM
+  core) and the same agent without it on podmeta/CartPoleNoVelocity-v1
+  (position and angle only) for 2M env steps; the threshold is 400 (of 500).
 """
 
 import json
@@ -46,6 +49,13 @@ TASKS = {
         configs={"IMPALA, Gaussian policy (pendulum_impala.py)":
                  ["--config=launch/configs/pendulum_impala.py"]},
         steps=3_000_000, threshold=-300.0),
+    "cartpole_no_velocity": Task(
+        title="Memory: CartPole without velocities, LSTM against MLP (distributed)",
+        configs={"LSTM core (cartpole_no_velocity_lstm.py)":
+                 ["--config=launch/configs/cartpole_no_velocity_lstm.py"],
+                 "MLP, the same agent without the LSTM":
+                 ["--config=launch/configs/cartpole_no_velocity_lstm.py", "--config.core=none"]},
+        steps=2_000_000, threshold=400.0),
 }
 
 _TASK = flags.DEFINE_enum("task", "pendulum", list(TASKS), "Which task.")
