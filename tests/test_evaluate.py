@@ -118,3 +118,31 @@ def test_the_grid_world_and_atari_render_rgb_frames():
   pong.reset(seed=0)
   assert pong.render().shape == (210, 160, 3)
   pong.close()
+
+
+def test_evaluation_carries_a_recurrent_policy_state():
+  """run_episodes with an LSTM agent = each env's episode replayed alone, the state carried
+  by hand from step to step (greedy, so both are deterministic)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from podmeta import builder, evaluation  # pylint: disable=g-import-not-at-top
+  from podmeta.acting import make_policy  # pylint: disable=g-import-not-at-top
+  from podmeta.config import Config  # pylint: disable=g-import-not-at-top
+  config = Config(env_id=envs.memory.NO_VELOCITY_ID, core="lstm", core_size=8)
+  spec = builder.env_spec(config)
+  network = builder.make_network(config, spec)
+  params = network.init(jax.random.PRNGKey(3), np.zeros((1,) + spec.obs_shape, np.float32))
+  policy = make_policy(network, greedy=True)
+  env = envs.make_vector_env(config.env_id, 2, seed=5)
+  returns = evaluation.run_episodes(env, network, policy, params, jax.random.PRNGKey(0))
+  env.close()
+  for i, expected in enumerate(returns):
+    single = envs.make_env(config.env_id)
+    single.reset(seed=5 + i)  # as make_vector_env seeds env i; run_episodes resets again
+    obs, _ = single.reset()
+    state, total, done = np.zeros((1, network.state_size), np.float32), 0.0, False
+    while not done:
+      logits, _, state = network.unroll(params, obs[None, None], np.zeros((1, 1), bool), state)
+      obs, r, terminated, truncated, _ = single.step(int(np.argmax(logits[0, 0])))
+      total, done = total + r, terminated or truncated
+    assert total == expected
+    assert total >= 8  # CartPole episodes last at least 8 steps
