@@ -15,6 +15,7 @@ import numpy as np
 
 from podmeta import core
 from podmeta import networks as networks_lib
+from podmeta import types
 from podmeta.replay import Trajectory, UnrollWriter
 
 _FIRST_FETCH_TIMEOUT_SECONDS = 300.0
@@ -49,7 +50,7 @@ def make_policy(network: networks_lib.Network, greedy: bool = False):
 
 def initial_state(network: networks_lib.Network, num_envs: int) -> np.ndarray:
   """The core state before any step: zeros, one ignored zero for a feed-forward network."""
-  return np.zeros((num_envs, max(network.state_size, 1)), np.float32)
+  return np.zeros((num_envs, types.core_state_width(network.state_size)), np.float32)
 
 
 def _cpu():

@@ -15,8 +15,9 @@ from podmeta.validation import coerce
 
 _OPTIMIZERS = ("adam", "rmsprop", "sgd")
 _TORSOS = ("mlp", "conv", "impala_deep")
-_GAUSSIAN_STDS = ("learned", "state")
-_CORES = ("none", "lstm")
+# Choices that podmeta.networks also checks against (it imports them from here).
+GAUSSIAN_STDS = ("learned", "state")
+CORES = ("none", "lstm")
 _REPLAYS = ("queue", "uniform")
 
 
@@ -178,9 +179,9 @@ def _validate(c: Config) -> None:
   require(c.torso in _TORSOS, "torso", f"must be one of {_TORSOS}")
   require(len(c.hidden_sizes) >= 1 and all(h >= 1 for h in c.hidden_sizes),
           "hidden_sizes", "must be a non-empty tuple of positive sizes")
-  require(c.gaussian_std in _GAUSSIAN_STDS, "gaussian_std", f"must be one of {_GAUSSIAN_STDS}")
+  require(c.gaussian_std in GAUSSIAN_STDS, "gaussian_std", f"must be one of {GAUSSIAN_STDS}")
   require(c.gaussian_init_std > 0, "gaussian_init_std", "must be positive")
-  require(c.core in _CORES, "core", f"must be one of {_CORES}")
+  require(c.core in CORES, "core", f"must be one of {CORES}")
   require(c.core_size >= 1, "core_size", "must be at least 1")
   require(c.unroll_length >= 1, "unroll_length", "must be at least 1")
   require(c.batch_size >= 1, "batch_size", "must be at least 1")

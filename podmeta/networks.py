@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from podmeta import distributions
+from podmeta.config import CORES, GAUSSIAN_STDS
 
 
 class Network(NamedTuple):
@@ -174,9 +175,9 @@ def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[in
   torso_cls = TORSOS[torso]
   obs_rank = len(obs_shape)
   distribution = distributions.for_actions(num_actions, continuous)
-  if continuous and gaussian_std not in ("learned", "state"):
+  if continuous and gaussian_std not in GAUSSIAN_STDS:
     raise ValueError(f"unknown gaussian_std {gaussian_std!r}")
-  if core not in ("none", "lstm"):
+  if core not in CORES:
     raise ValueError(f"unknown core {core!r}")
 
   def heads(h_policy, h_value):

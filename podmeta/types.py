@@ -61,8 +61,13 @@ def trajectory_spec(obs_shape: Sequence[int], obs_dtype, num_actions: int,
       is_first=Spec(n, np.dtype(np.bool_)),
       behaviour_logits=Spec(n + (num_params,), np.dtype(np.float32)),
       policy_version=Spec(n, np.dtype(np.int32)),
-      core_state=Spec((1, group, max(state_size, 1)), np.dtype(np.float32)),
+      core_state=Spec((1, group, core_state_width(state_size)), np.dtype(np.float32)),
   )
+
+
+def core_state_width(state_size: int) -> int:
+  """Width of a stored core state: the network's, or one ignored zero for a feed-forward one."""
+  return max(state_size, 1)
 
 
 def per_unroll(spec: Spec) -> bool:

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import psutil
 
+from podmeta import types
 from podmeta.types import Trajectory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,7 @@ def random_batch(spec, batch_size: int, unroll_length: int, seed: int,
       is_first=is_first,
       behaviour_logits=behaviour,
       policy_version=np.zeros((batch_size, n), np.int32),
-      core_state=np.zeros((batch_size, 1, max(state_size, 1)), np.float32))
+      core_state=np.zeros((batch_size, 1, types.core_state_width(state_size)), np.float32))
 
 
 def train_command(run_dir, *args):

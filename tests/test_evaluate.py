@@ -27,15 +27,20 @@ def cartpole_run(tmp_path_factory):
   return run_dir
 
 
+def _evaluate(run_dir: str, *flags: str):
+  """`podmeta evaluate RUN_DIR FLAGS...` in a subprocess: (exit code, output, leftovers)."""
+  return helpers.run([PODMETA, "evaluate", run_dir, *flags], timeout=120,
+                     env_overrides=ONE_DEVICE)
+
+
 def _json_of(out: str) -> dict:
   return json.loads(out[out.index("{\n"):out.rindex("\n}") + 2])
 
 
 def test_evaluate_reports_returns_and_writes_a_gif_of_one_episode(cartpole_run, tmp_path):
   video = str(tmp_path / "episode.gif")
-  code, out, left = helpers.run(
-      [PODMETA, "evaluate", cartpole_run, "--episodes=4", f"--video={video}",
-       "--video_max_frames=40", "--video_fps=20"], timeout=120, env_overrides=ONE_DEVICE)
+  code, out, left = _evaluate(cartpole_run, "--episodes=4", f"--video={video}",
+                              "--video_max_frames=40", "--video_fps=20")
   assert code == 0 and not left, out[-3000:]
   result = _json_of(out)
   summary = helpers.summary(cartpole_run)
@@ -67,9 +72,8 @@ def test_evaluate_films_a_continuous_action_run_to_mp4(tmp_path):
       "--config.eval_episodes=0"), timeout=240, env_overrides=ONE_DEVICE)
   assert code == 0, out[-3000:]
   video = str(tmp_path / "episode.mp4")
-  code, out, left = helpers.run(
-      [PODMETA, "evaluate", run_dir, "--episodes=2", f"--video={video}",
-       "--video_max_frames=30", "--video_fps=15"], timeout=120, env_overrides=ONE_DEVICE)
+  code, out, left = _evaluate(run_dir, "--episodes=2", f"--video={video}",
+                              "--video_max_frames=30", "--video_fps=15")
   assert code == 0 and not left, out[-3000:]
   result = _json_of(out)
   assert result["episodes"] == 2
@@ -96,8 +100,7 @@ def test_evaluate_refuses_what_it_cannot_evaluate(cartpole_run, tmp_path, make_d
       config = f.read()
     with open(os.path.join(run_dir, "config.json"), "w") as f:
       f.write(config)
-  code, out, _ = helpers.run([PODMETA, "evaluate", run_dir], timeout=120,
-                             env_overrides=ONE_DEVICE)
+  code, out, _ = _evaluate(run_dir)
   errors = [l for l in out.splitlines() if l.startswith("podmeta: error:")]
   assert code == 2 and len(errors) == 1 and must_mention in errors[0], out[-2000:]
   assert "Traceback" not in out
