@@ -94,9 +94,13 @@ def reset(key: jax.Array, size: int = SIZE) -> Tuple[TwoColoursState, jax.Array]
 
 
 def step(state: TwoColoursState, action: jax.Array, key: jax.Array, size: int = SIZE,
-         swap_every: int = SWAP_EVERY, respawn: str = "all"
+         swap_every: int = SWAP_EVERY, respawn: str = "all", step_reward: float = 0.0
          ) -> Tuple[TwoColoursState, jax.Array, jax.Array]:
   """One transition; returns (next state, next observation, float32 reward).
+
+  `step_reward` is paid on every step that collects nothing: 0 in Luketina
+  et al. 2022 (the default); -0.04 in another description of the domain
+  (an ablation, RESULTS.md).
 
   `action` must be in [0, 4); JAX clamps out-of-range indices rather than
   raising. `key` is only used for the respawn after a collection.
@@ -107,7 +111,8 @@ def step(state: TwoColoursState, action: jax.Array, key: jax.Array, size: int = 
   # Items never share a cell with each other or the agent, so at most one hits.
   hit = jnp.all(state.items == agent[None], axis=-1)  # [2]
   sign = jnp.where(jnp.arange(2) == colour, 1.0, -1.0)
-  reward = jnp.sum(jnp.where(hit, sign, 0.0)).astype(jnp.float32)
+  reward = jnp.where(jnp.any(hit), jnp.sum(jnp.where(hit, sign, 0.0)),
+                     step_reward).astype(jnp.float32)
 
   if respawn == "all":
     cells = _cells(jax.random.choice(key, size * size, shape=(3,), replace=False), size)
@@ -153,7 +158,7 @@ class TwoColoursEnv(gym.Env):
   _CELL = 16  # pixels per cell of a rendered frame
 
   def __init__(self, size: int = SIZE, swap_every: int = SWAP_EVERY, respawn: str = "all",
-               render_mode: Optional[str] = None):
+               render_mode: Optional[str] = None, step_reward: float = 0.0):
     if render_mode not in (None, "rgb_array"):
       raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
     self.render_mode = render_mode
@@ -165,6 +170,7 @@ class TwoColoursEnv(gym.Env):
       raise ValueError(f"swap_every must be >= 1, got {swap_every}")
     self.size = size
     self.swap_every = swap_every
+    self.step_reward = float(step_reward)
     self.respawn = respawn
     self.action_space = gym.spaces.Discrete(NUM_ACTIONS)
     self.observation_space = gym.spaces.Box(0.0, 1.0, (obs_size(size),), np.float32)
@@ -214,7 +220,7 @@ class TwoColoursEnv(gym.Env):
       raise ValueError(f"invalid action {action!r} for {self.action_space}")
     colour = positive_colour(self.lifetime_step, self.swap_every)
     self.agent = np.clip(self.agent + np.array(_MOVES[int(action)]), 0, self.size - 1)
-    reward = 0.0
+    reward = self.step_reward
     for i in (BLUE, RED):
       if np.array_equal(self.items[i], self.agent):
         reward = 1.0 if i == colour else -1.0
