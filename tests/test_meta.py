@@ -202,6 +202,10 @@ def test_the_target_is_constant_in_w_and_the_kl_has_the_target_first():
     mu = problem.objective.match(target, x_k, problem.newest)
     np.testing.assert_allclose(mu, forward, rtol=1e-10)
     assert abs(forward - reverse) > 1e-3 * abs(forward), (forward, reverse)
+    # The ablation puts pi_K first (mode-seeking).
+    mu_reverse = meta_update.matching_loss(problem.network, target, x_k, problem.newest,
+                                           "kl_reverse")
+    np.testing.assert_allclose(mu_reverse, reverse, rtol=1e-10)
 
 
 # -- the online update in the learner -------------------------------------------

@@ -25,7 +25,7 @@ TRANSFORMS = ("sigmoid", "softplus")
 CONTEXTS = ("none", "reward")
 CONTEXT_NORMALISATIONS = ("lifetime", "none")
 TARGET_DATA = ("online", "last_inner")
-MATCHING = ("kl", "kl_value", "l2")
+MATCHING = ("kl", "kl_value", "kl_reverse", "l2")
 TARGET_UPDATES = ("agent", "sgd")
 
 
@@ -85,6 +85,7 @@ class MetaConfig:
     after K+L-1 updates as they are (Luketina et al. Sec. 6).
   matching: "kl": KL(pi_target || pi_K) over the newest batch's states;
     "kl_value": plus value_matching_cost * 0.5 * squared value difference;
+    "kl_reverse": KL(pi_K || pi_target), mode-seeking (an ablation);
     "l2": 0.5 * ||x_target - x_K||^2 in parameter space.
   target_update: the target's outer step: "agent" uses the agent's optimiser
     (and its state); "sgd" a plain step of target_learning_rate.

@@ -156,9 +156,9 @@ def matching_loss(network: networks_lib.Network, target_params, params, batch: T
   if matching == "l2":
     sq = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), target_params, params)
     return 0.5 * sum(jax.tree.leaves(sq))
-  if matching not in ("kl", "kl_value"):
+  if matching not in ("kl", "kl_value", "kl_reverse"):
     raise ValueError(f"unknown matching {matching!r}")
-  if matching == "kl" and not network.state_size:
+  if matching in ("kl", "kl_reverse") and not network.state_size:
     # The policy alone: the value torso would be computed twice for nothing.
     target_logits, logits = (network.policy(target_params, batch.observation),
                              network.policy(params, batch.observation))
@@ -167,6 +167,8 @@ def matching_loss(network: networks_lib.Network, target_params, params, batch: T
       return network.unroll(p, batch.observation, batch.is_first, batch.core_state[:, 0])
     (target_logits, target_values, _), (logits, values, _) = (
         unroll(target_params), unroll(params))
+  if matching == "kl_reverse":
+    return jnp.mean(network.distribution.kl(logits, target_logits))
   loss = jnp.mean(network.distribution.kl(target_logits, logits))
   if matching == "kl_value":
     loss += value_matching_cost * 0.5 * jnp.mean(jnp.square(target_values - values))
