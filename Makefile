@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= launch/configs/cartpole_impala.py
 ARGS ?=
 
-.PHONY: setup train test bench bench-actors bench-meta results recovery soak lock clean
+.PHONY: setup train test bench bench-actors bench-meta results bmg-ablations recovery soak lock clean
 
 setup:
 	@bash scripts/install.sh
@@ -27,6 +27,12 @@ bench-actors: setup
 # resumable: ARGS="--max_minutes=60" stops cleanly and the next call continues).
 results: setup
 	$(PY) -m benchmarks.two_colours $(ARGS)
+
+# Why BMG raises the grid world's entropy cost: BMG changed in one respect per row
+# (L, matching direction, the target's outer step, start value, step reward); ~4 minutes
+# a row, resumable per row -> RESULTS.md.
+bmg-ablations: setup
+	$(PY) -m benchmarks.two_colours_ablations $(ARGS)
 
 # The grid-world agent's steps/s per program shape (fixed, MG, BMG; K = 1, 3, 6), the cost
 # of meta-learning per env step, and what `make results` then takes: BENCHMARKS.md.

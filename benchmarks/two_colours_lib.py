@@ -71,18 +71,31 @@ class Setting:
   k: int = 1
   l: int = 1  # BMG's target steps
   outer_entropy: float = 0.0  # MG's outer entropy weight
+  # Ablations only (benchmarks/two_colours_ablations.py); the protocol's grids
+  # keep the defaults: MetaConfig fields over META and Config fields over
+  # AGENT as (name, value) pairs, the meta-learned entropy cost's initial
+  # value, the world's reward on steps that collect nothing.
+  meta_extra: Tuple = ()
+  agent_extra: Tuple = ()
+  init_entropy_cost: float = 0.5
+  step_reward: float = 0.0
 
   @property
   def name(self) -> str:
     if self.method == "fixed":
       return f"fixed-ec{self.entropy_cost:g}"
     tail = f"L{self.l}" if self.method.startswith("bmg") else f"oe{self.outer_entropy:g}"
-    return f"{self.method}-lr{self.meta_lr:.0e}-K{self.k}-{tail}"
+    name = f"{self.method}-lr{self.meta_lr:.0e}-K{self.k}-{tail}"
+    name += "".join(f"-{k}={v}" for k, v in self.meta_extra + self.agent_extra)
+    if self.init_entropy_cost != 0.5:
+      name += f"-init{self.init_entropy_cost:g}"
+    return name + (f"-sr{self.step_reward:g}" if self.step_reward else "")
 
   @property
   def program(self) -> Tuple:
     """Settings with the same program differ only in vmapped values."""
-    return (self.method, self.k, self.l, self.outer_entropy)
+    return (self.method, self.k, self.l, self.outer_entropy, self.meta_extra,
+            self.agent_extra, self.init_entropy_cost, self.step_reward)
 
   @property
   def lane_value(self) -> float:
@@ -92,7 +105,10 @@ class Setting:
     if self.method == "fixed":
       return dict(entropy_cost=self.entropy_cost)
     meta = dict(META, method=self.method.replace("_ctx", ""), learning_rate=self.meta_lr,
-                inner_steps=self.k, context="reward" if self.method.endswith("_ctx") else "none")
+                inner_steps=self.k, context="reward" if self.method.endswith("_ctx") else "none",
+                **dict(self.meta_extra))
+    meta["hyperparams"] = {"entropy_cost": dict(META["hyperparams"]["entropy_cost"],
+                                                init=self.init_entropy_cost)}
     if self.method.startswith("bmg"):
       meta.update(target_steps=self.l, outer_entropy_cost=0.0)
     else:
@@ -100,7 +116,8 @@ class Setting:
     return dict(meta=meta)
 
   def config(self, seed: int = 0) -> Config:
-    return Config.from_mapping({**AGENT, **self.overrides(), "seed": seed})
+    return Config.from_mapping({**AGENT, **dict(self.agent_extra), **self.overrides(),
+                                "seed": seed})
 
 
 def grid(method: str) -> List[Setting]:
@@ -115,7 +132,8 @@ def grid(method: str) -> List[Setting]:
 
 # -- the jitted runner -----------------------------------------------------------
 
-def make_runner(config: Config, swap_every: int, learner_steps_per_point: int):
+def make_runner(config: Config, swap_every: int, learner_steps_per_point: int,
+                step_reward: float = 0.0):
   """jit(vmap(run)): advances every lane by one curve point.
 
   run(carry, value) takes the lane's fixed entropy cost (fixed) or meta
@@ -128,7 +146,7 @@ def make_runner(config: Config, swap_every: int, learner_steps_per_point: int):
   m = config.meta
   parameterisation = builder.make_parameterisation(config) if m.enabled else None
   n_chunks, t = config.batch_size, config.unroll_length
-  env_step = functools.partial(two_colours.step, swap_every=swap_every)
+  env_step = functools.partial(two_colours.step, swap_every=swap_every, step_reward=step_reward)
 
   def make_update(value):
     if not m.enabled:
@@ -204,7 +222,8 @@ def _program(settings: Sequence[Setting], log_every: int, swap_every: int):
   steps_per_update = config.batch_size * config.unroll_length
   per_point = max(1, log_every // steps_per_update)
   values = jnp.asarray([s.lane_value for s in settings], jnp.float32)
-  return make_runner(config, swap_every, per_point), values, per_point * steps_per_update
+  runner = make_runner(config, swap_every, per_point, settings[0].step_reward)
+  return runner, values, per_point * steps_per_update
 
 
 CURVES = ("reward", "entropy", "entropy_cost", "grad_clipped", "grad_norm", "value_loss")
