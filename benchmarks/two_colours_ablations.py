@@ -4,8 +4,8 @@ r"""Why BMG raises the entropy cost in the two-colours world: short ablations.
   python -m benchmarks.two_colours_ablations --rows=default,kl_reverse
   python -m benchmarks.two_colours_ablations --replot     # the table from the saved rows
 
-Each row is BMG without context, K = 1, changed in one respect from the
-protocol's setting (`ROWS`), run at meta learning rates 1e-3 and 1e-4 x
+Each row is BMG without context (the last rows: with it), K = 1, changed in
+one respect from the protocol's setting (`ROWS`), run at meta learning rates 1e-3 and 1e-4 x
 seeds 0 and 1 (four vmapped lanes of one program) for --steps env steps.
 The table gives the meta-learned entropy cost at the start, middle and end
 (mean over the two seeds) and the reward per step. Each row's lanes are
@@ -52,6 +52,9 @@ ROWS: Dict[str, tuple] = {
                dict(l=8, agent_extra=(("batch_size", 4),))),
     "step_reward": ("the world pays -0.04 on every step that collects nothing",
                     dict(l=8, step_reward=-0.04)),
+    "ctx_L8": ("BMG + reward context (the protocol's meta-network), L = 8",
+               dict(method="bmg_ctx", l=8)),
+    "ctx_L1": ("BMG + reward context, L = 1", dict(method="bmg_ctx", l=1)),
 }
 LRS = (1e-3, 1e-4)
 SEEDS = (0, 1)
@@ -65,8 +68,9 @@ _REPLOT = flags.DEFINE_bool("replot", False, "Only rewrite the table from the sa
 
 
 def settings(row: str) -> List[lib.Setting]:
-  fields = ROWS[row][1]
-  return [lib.Setting("bmg", meta_lr=lr, k=1, **fields) for lr in LRS for _ in SEEDS]
+  fields = dict(ROWS[row][1])
+  method = fields.pop("method", "bmg")
+  return [lib.Setting(method, meta_lr=lr, k=1, **fields) for lr in LRS for _ in SEEDS]
 
 
 def run_row(row: str, steps: int, out: str) -> List[dict]:
@@ -97,8 +101,8 @@ def table(results: Dict[str, List[dict]]) -> str:
       cells.append(f"{ec[0]:.2f} -> {ec[len(ec) // 2]:.2f} -> {ec[-1]:.2f} ({rps:.3f})")
     lines.append(f"| `{row}` | {ROWS[row][0]} | {cells[0]} | {cells[1]} |")
   steps = next(iter(results.values()))[0]["env_steps"]
-  lines += ["", f"BMG without context, K = 1; each cell the mean of seeds 0 and 1 over "
-            f"{steps:,} env steps (colour swaps every 100,000). Made by "
+  lines += ["", "BMG without context unless the row says so, K = 1; each cell the mean of "
+            f"seeds 0 and 1 over {steps:,} env steps (colour swaps every 100,000). Made by "
             "`python -m benchmarks.two_colours_ablations`."]
   return "\n".join(lines)
 

@@ -86,13 +86,64 @@ def welch_lines(final: Dict[str, List[dict]]) -> List[str]:
   return lines
 
 
+def _ranked(tune: Dict[str, List[dict]], method: str) -> List[tuple]:
+  """(mean reward per step over its seeds, setting name, shards) of the
+  method's tuned settings, best first."""
+  return sorted(((np.mean([exp.reward_per_step(s) for s in tune[st.name]]), st.name,
+                  tune[st.name]) for st in exp.grid(method) if st.name in tune), reverse=True)
+
+
+def swap_profile(shards: List[dict], key: str) -> np.ndarray:
+  """A curve (key: "entropy_cost", "reward", ...) averaged over colour periods
+  and seeds, one value per curve point since the last swap; every period but
+  the first (initial learning) and the last incomplete one. Rewards become
+  reward per step. Empty if the run holds fewer than two periods."""
+  r = shards[0]
+  per = r["swap_every"] // r["point_steps"]
+  x = np.asarray([s[key] for s in shards], np.float64)
+  if key == "reward":
+    x = x / r["point_steps"]
+  periods = x.shape[1] // per if per >= 2 else 0
+  if periods < 2:
+    return np.zeros(0)
+  return x[:, :periods * per].reshape(len(shards), periods, per)[:, 1:].mean(axis=(0, 1))
+
+
+def swap_jumps(shard: dict, key: str = "entropy_cost") -> np.ndarray:
+  """For each colour swap inside the run, the curve's first point after it
+  minus its last point before it: > 0 where the swap raised the value."""
+  per = shard["swap_every"] // shard["point_steps"]
+  x = np.asarray(shard[key], np.float64)
+  after = np.arange(per, len(x), per)
+  return x[after] - x[after - 1]
+
+
+def swap_table(tune: Dict[str, List[dict]]) -> str:
+  """How each method's best tuning setting responds to a colour swap."""
+  rows = ["| method | setting | entropy cost: rise at a swap (10k steps after minus 10k "
+          "before) | first 10k after | lowest in the period | reward per step: first 10k "
+          "after | last 10k before the next |", "|---|---|---|---|---|---|---|"]
+  for method in exp.METHODS:
+    scored = _ranked(tune, method)
+    if not scored:
+      continue
+    shards = scored[0][2]
+    ec, rew = swap_profile(shards, "entropy_cost"), swap_profile(shards, "reward")
+    if not len(ec):
+      continue
+    jumps = np.concatenate([swap_jumps(s)[1:] for s in shards])  # after initial learning
+    rise = jumps.mean() if len(jumps) else float("nan")
+    rows.append(f"| {LABELS[method]} | `{scored[0][1]}` | {rise:+.3f} | {ec[0]:.3f} | "
+                f"{ec.min():.3f} | {rew[0]:.3f} | {rew[-1]:.3f} |")
+  return "\n".join(rows)
+
+
 def tuning_table(tune: Dict[str, List[dict]]) -> str:
   rows = ["| method | settings tuned | seeds x env steps | best setting | its reward per step "
           "| second best | worst |", "|---|---|---|---|---|---|---|"]
   for method in exp.METHODS:
     grid = exp.grid(method)
-    scored = sorted(((np.mean([exp.reward_per_step(s) for s in tune[st.name]]), st.name,
-                      tune[st.name]) for st in grid if st.name in tune), reverse=True)
+    scored = _ranked(tune, method)
     if not scored:
       rows.append(f"| {LABELS[method]} | 0 of {len(grid)} | | | | | |")
       continue
@@ -141,19 +192,12 @@ def plot(final: Dict[str, List[dict]], out_dir: str) -> List[str]:
   if meta:
     fig, axes = plt.subplots(2, 1, figsize=(9, 7))
     for method, shards in meta.items():
-      r = shards[0]
-      per = r["swap_every"] // r["point_steps"]
-      ec = np.asarray([s["entropy_cost"] for s in shards])
-      rew = np.asarray([s["reward"] for s in shards]) / r["point_steps"]
-      periods = ec.shape[1] // per
-      if periods < 2 or per < 2:
+      ec, rew = swap_profile(shards, "entropy_cost"), swap_profile(shards, "reward")
+      if not len(ec):
         continue
-      # Every swap but the first (initial learning), all seeds.
-      x = (np.arange(per) + 0.5) * r["point_steps"]
-      blocks = ec[:, :periods * per].reshape(len(shards), periods, per)[:, 1:]
-      axes[0].plot(x, blocks.mean(axis=(0, 1)), "o-", ms=2, label=LABELS[method])
-      rblocks = rew[:, :periods * per].reshape(len(shards), periods, per)[:, 1:]
-      axes[1].plot(x, rblocks.mean(axis=(0, 1)), "o-", ms=2, label=LABELS[method])
+      x = (np.arange(len(ec)) + 0.5) * shards[0]["point_steps"]
+      axes[0].plot(x, ec, "o-", ms=2, label=LABELS[method])
+      axes[1].plot(x, rew, "o-", ms=2, label=LABELS[method])
     axes[0].set_ylabel("meta-learned entropy cost")
     axes[0].set_title("Aligned on colour swaps (all swaps but the first, all seeds)")
     axes[1].set_ylabel("reward per step")
@@ -176,6 +220,9 @@ def body(out: str) -> str:
   if welch_text:
     parts += ["Welch tests on the total reward:", ""] + welch_text + [""]
   parts += ["#### Tuning (the paper's grids, equal budgets)", "", tuning_table(tune), ""]
+  if tune:
+    parts += ["Response to a colour swap (each method's best tuning setting; every swap but "
+              "the first, both tuning seeds):", "", swap_table(tune), ""]
   paths = plot(final, out)
   parts += [f"![{os.path.basename(p)}]({p})" for p in paths]
   return "\n".join(parts).rstrip()

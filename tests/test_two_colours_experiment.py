@@ -107,3 +107,49 @@ def test_published_ci_and_welch_against_references():
   np.testing.assert_allclose(t, (2.5 - 4.0) / np.sqrt(va + vb), rtol=1e-6)
   np.testing.assert_allclose(df, (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2), rtol=1e-6)
   assert 0.2 < p < 0.4
+
+
+def test_mg_with_reward_context_answers_a_colour_swap_with_its_entropy_cost():
+  """Luketina et al.'s observation (Sec. 6): with the reward context the
+  meta-learned entropy cost rises at a colour swap, while the agent's reward
+  is down, and falls again as the reward recovers (here the best MG +
+  context tuning setting, seed 0, swaps at 100k and 200k steps)."""
+  setting = lib.Setting("mg_ctx", meta_lr=1e-3, k=1, outer_entropy=0.1)
+  [run] = lib.run_lanes([setting], [0], steps=300_000, log_every=10_000, swap_every=100_000)
+  per = run["swap_every"] // run["point_steps"]
+  ec = np.asarray(run["entropy_cost"]).reshape(3, per)
+  reward = np.asarray(run["reward"]).reshape(3, per) / run["point_steps"]
+  jumps = report.swap_jumps(run)
+  assert len(jumps) == 2 and np.all(jumps > 0.05), jumps  # up at both swaps
+  for period in (1, 2):  # the periods that start with a swap
+    assert reward[period, -1] > reward[period, 0] + 0.1, reward  # the agent recovers
+    assert ec[period, per // 2:].min() < ec[period, 0] - 0.1, ec  # and the cost comes down
+
+
+def test_an_ablation_setting_changes_only_what_it_names():
+  base = lib.Setting("bmg", meta_lr=1e-3, k=1, l=8)
+  variant = lib.Setting("bmg", meta_lr=1e-3, k=1, l=8, meta_extra=(("matching", "kl_reverse"),),
+                        agent_extra=(("batch_size", 4),), init_entropy_cost=0.1)
+  a, b = base.config(), variant.config()
+  assert (a.meta.matching, b.meta.matching) == ("kl", "kl_reverse")
+  assert (a.batch_size, b.batch_size) == (1, 4)
+  assert (a.meta.hyperparams["entropy_cost"].init, b.meta.hyperparams["entropy_cost"].init) == (
+      0.5, 0.1)
+  assert a.replace(batch_size=4, meta=b.meta) == b  # and nothing else
+  assert variant.program != base.program and variant.name != base.name
+  # The protocol's own settings keep their names (their shards are found again).
+  assert base.name == "bmg-lr1e-03-K1-L8"
+
+
+def test_a_longer_run_begins_with_the_shorter_run():
+  """The saturation table reads the agent's row from the first steps of the
+  final runs; that is the same as running only those steps."""
+  from benchmarks import two_colours_saturation as saturation
+  settings = [lib.Setting("fixed", entropy_cost=0.1)] * 2
+  long = lib.run_lanes(settings, [100, 101], steps=4_096, log_every=1_024, swap_every=2_048)
+  short = lib.run_lanes(settings, [100, 101], steps=2_048, log_every=1_024, swap_every=2_048)
+  for a, b in zip(long, short):
+    cut = saturation._truncated(a, 2_048)
+    assert cut["env_steps"] == b["env_steps"] == 2_048
+    for key in lib.CURVES:
+      np.testing.assert_allclose(cut[key], b[key], rtol=1e-6)

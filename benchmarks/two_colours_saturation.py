@@ -1,0 +1,116 @@
+r"""Does the grid-world agent's policy saturate over long runs? A table per agent variant.
+
+  python -m benchmarks.two_colours_saturation                # every row; RESULTS.md block
+  python -m benchmarks.two_colours_saturation --rows=clip1 --steps=3000000
+  python -m benchmarks.two_colours_saturation --replot
+
+The best fixed agent (entropy cost 0.1) on the final runs' 10 seeds, one
+vmapped program per row, each row changing the agent in one respect
+(`ROWS`). "Saturated" is a curve point (10k env steps) whose mean policy
+entropy is below 0.01: the policy repeats one action, and at a float32
+one-hot softmax every gradient is 0. The row of the agent as it is (`clip5`)
+is read from the first --steps of the final runs' shards when they exist
+(the same program and seeds, so the same numbers). Rows are saved to
+benchmarks/results/two_colours/saturation/<row>.json as they finish.
+"""
+
+import json
+import os
+from typing import Dict, List
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from benchmarks import markdown
+from benchmarks import two_colours_lib as lib
+
+ROWS: Dict[str, tuple] = {
+    "clip5": ("the agent as it is: global-norm clip 5", ()),
+    "clip2": ("global-norm clip 2 (the candidate fix)", (("max_grad_norm", 2.0),)),
+    "clip1": ("global-norm clip 1 (the clip before stop 15)", (("max_grad_norm", 1.0),)),
+}
+SEEDS = tuple(range(lib.FINAL_SEED0, lib.FINAL_SEED0 + 10))
+SATURATED = 0.01
+BEGIN, END = "<!-- two_colours_saturation:begin -->", "<!-- two_colours_saturation:end -->"
+
+_ROWS = flags.DEFINE_list("rows", None, "Rows to run (default: all).")
+_STEPS = flags.DEFINE_integer("steps", 3_000_000, "Env steps per seed.")
+_OUT = flags.DEFINE_string("out", "benchmarks/results/two_colours", "Shard directory (its "
+                           "final/ holds the finals; rows go to saturation/).")
+_RESULTS = flags.DEFINE_string("results_md", "RESULTS.md", "Markdown file to update.")
+_REPLOT = flags.DEFINE_bool("replot", False, "Only rewrite the table from the saved rows.")
+
+
+def setting(row: str) -> lib.Setting:
+  return lib.Setting("fixed", entropy_cost=0.1, agent_extra=ROWS[row][1])
+
+
+def _truncated(shard: dict, steps: int) -> dict:
+  points = steps // shard["point_steps"]
+  return {**shard, "env_steps": points * shard["point_steps"],
+          **{k: shard[k][:points] for k in lib.CURVES}}
+
+
+def run_row(row: str, steps: int, out: str) -> List[dict]:
+  path = os.path.join(out, "saturation", f"{row}.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      lanes = json.load(f)
+    if lanes[0]["env_steps"] >= steps and lanes[0]["agent"] == lib.agent_digest():
+      return lanes
+  st = setting(row)
+  finals = [lib._read_shard(lib.shard_path(out, "final", st, seed)) for seed in SEEDS]
+  if not st.agent_extra and all(f and f["env_steps"] >= steps for f in finals):
+    logging.info("%s: from the final runs' first %d steps", row, steps)
+    lanes = [_truncated(f, steps) for f in finals]
+  else:
+    lanes = lib.run_lanes([st] * len(SEEDS), list(SEEDS), steps, 10_000,
+                          lib.two_colours.SWAP_EVERY)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(lanes, f)
+  os.replace(path + ".tmp", path)
+  return lanes
+
+
+def table(results: Dict[str, List[dict]]) -> str:
+  lines = ["| row | agent | reward per step (mean, min-max over seeds) | curve points saturated "
+           "| seeds saturated at the end | updates clipped |", "|---|---|---|---|---|---|"]
+  for row, lanes in results.items():
+    rps = [lib.reward_per_step(r) for r in lanes]
+    entropy = np.asarray([r["entropy"] for r in lanes])
+    at_end = int(np.sum(np.all(entropy[:, -20:] < SATURATED, axis=1)))
+    clipped = np.mean([np.mean(r["grad_clipped"]) for r in lanes])
+    lines.append(f"| `{row}` | {ROWS[row][0]} | {np.mean(rps):.3f} ({min(rps):.3f}-"
+                 f"{max(rps):.3f}) | {np.mean(entropy < SATURATED):.0%} | {at_end} of "
+                 f"{len(lanes)} | {clipped:.1%} |")
+  steps = next(iter(results.values()))[0]["env_steps"]
+  lines += ["", f"Fixed entropy cost 0.1, seeds {SEEDS[0]}-{SEEDS[-1]}, {steps:,} env steps "
+            "each; saturated: a 10k-step curve point with mean policy entropy below "
+            f"{SATURATED}; at the end: the last 200k steps all saturated. Made by "
+            "`python -m benchmarks.two_colours_saturation`."]
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  rows = _ROWS.value or list(ROWS)
+  unknown = [r for r in rows if r not in ROWS]
+  if unknown:
+    raise app.UsageError(f"unknown row {unknown[0]!r} (known: {', '.join(ROWS)})")
+  results = {}
+  for row in ROWS:
+    path = os.path.join(_OUT.value, "saturation", f"{row}.json")
+    if row in rows and not _REPLOT.value:
+      results[row] = run_row(row, _STEPS.value, _OUT.value)
+    elif os.path.exists(path):
+      with open(path) as f:
+        results[row] = json.load(f)
+  if results:
+    markdown.replace_block(_RESULTS.value, BEGIN, END, table(results), title="Results")
+
+
+if __name__ == "__main__":
+  app.run(main)
