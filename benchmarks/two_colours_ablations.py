@@ -5,8 +5,9 @@ r"""Why BMG raises the entropy cost in the two-colours world: short ablations.
   python -m benchmarks.two_colours_ablations --replot     # the table from the saved rows
 
 Each row is BMG without context (the last rows: with it), K = 1, changed in
-one respect from the protocol's setting (`ROWS`), run at meta learning rates 1e-3 and 1e-4 x
-seeds 0 and 1 (four vmapped lanes of one program) for --steps env steps.
+one respect from the protocol's setting (`ROWS`), run at meta learning rates
+1e-3 and 1e-4 x seeds 0 and 1 (four vmapped lanes of one program) for
+--steps env steps.
 The table gives the meta-learned entropy cost at the start, middle and end
 (mean over the two seeds) and the reward per step. Each row's lanes are
 saved to benchmarks/results/two_colours/ablations/<row>.json when it
@@ -27,8 +28,8 @@ from benchmarks import two_colours_lib as lib
 
 # name -> (what differs from the protocol's BMG, Setting fields).
 ROWS: Dict[str, tuple] = {
-    "default": ("the protocol's BMG: L = 8, KL with the target first, outer step with the agent's SGD 0.1",
-                dict(l=8)),
+    "default": ("the protocol's BMG: L = 8, KL with the target first, outer step with the "
+                "agent's SGD 0.1", dict(l=8)),
     "L1": ("L = 1: the target is the K-step agent plus the outer step (no real steps ahead)",
            dict(l=1)),
     "L2": ("L = 2", dict(l=2)),
@@ -52,6 +53,10 @@ ROWS: Dict[str, tuple] = {
                dict(l=8, agent_extra=(("batch_size", 4),))),
     "step_reward": ("the world pays -0.04 on every step that collects nothing",
                     dict(l=8, step_reward=-0.04)),
+    "clip2_L8": ("the protocol's BMG with the agent's clip at global norm 2 (the saturation fix)",
+                 dict(l=8, agent_extra=(("max_grad_norm", 2.0),))),
+    "clip2_L1": ("L = 1, the agent's clip at global norm 2",
+                 dict(l=1, agent_extra=(("max_grad_norm", 2.0),))),
     "ctx_L8": ("BMG + reward context (the protocol's meta-network), L = 8",
                dict(method="bmg_ctx", l=8)),
     "ctx_L1": ("BMG + reward context, L = 1", dict(method="bmg_ctx", l=1)),
@@ -75,17 +80,11 @@ def settings(row: str) -> List[lib.Setting]:
 
 def run_row(row: str, steps: int, out: str) -> List[dict]:
   path = os.path.join(out, f"{row}.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      lanes = json.load(f)
-    if lanes[0]["env_steps"] >= steps and lanes[0]["agent"] == lib.agent_digest():
-      return lanes
-  lanes = lib.run_lanes(settings(row), list(SEEDS) * len(LRS), steps, 10_000,
-                        lib.two_colours.SWAP_EVERY)
-  os.makedirs(out, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(lanes, f)
-  os.replace(path + ".tmp", path)
+  lanes = lib.saved_lanes(path, steps)
+  if lanes is None:
+    lanes = lib.run_lanes(settings(row), list(SEEDS) * len(LRS), steps, 10_000,
+                          lib.two_colours.SWAP_EVERY)
+    lib.save_lanes(path, lanes)
   return lanes
 
 

@@ -83,9 +83,10 @@ class Setting:
   @property
   def name(self) -> str:
     if self.method == "fixed":
-      return f"fixed-ec{self.entropy_cost:g}"
-    tail = f"L{self.l}" if self.method.startswith("bmg") else f"oe{self.outer_entropy:g}"
-    name = f"{self.method}-lr{self.meta_lr:.0e}-K{self.k}-{tail}"
+      name = f"fixed-ec{self.entropy_cost:g}"
+    else:
+      tail = f"L{self.l}" if self.method.startswith("bmg") else f"oe{self.outer_entropy:g}"
+      name = f"{self.method}-lr{self.meta_lr:.0e}-K{self.k}-{tail}"
     name += "".join(f"-{k}={v}" for k, v in self.meta_extra + self.agent_extra)
     if self.init_entropy_cost != 0.5:
       name += f"-init{self.init_entropy_cost:g}"
@@ -285,6 +286,24 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
         "lanes": len(settings), "program_seconds": seconds, "agent": agent_digest(),
         **{k: [float(np.asarray(v)[i]) for v in curves[k]] for k in CURVES}})
   return results
+
+
+def saved_lanes(path: str, steps: int) -> Optional[List[dict]]:
+  """run_lanes' results saved at `path`, if they cover `steps` and were made
+  with this agent (the ablation tables' rows); else None."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    lanes = json.load(f)
+  ok = lanes[0]["env_steps"] >= steps and lanes[0]["agent"] == agent_digest()
+  return lanes if ok else None
+
+
+def save_lanes(path: str, lanes: List[dict]) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(lanes, f)
+  os.replace(path + ".tmp", path)
 
 
 def _save_partial(path, carry, curves, done, seconds):

@@ -55,11 +55,9 @@ def _truncated(shard: dict, steps: int) -> dict:
 
 def run_row(row: str, steps: int, out: str) -> List[dict]:
   path = os.path.join(out, "saturation", f"{row}.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      lanes = json.load(f)
-    if lanes[0]["env_steps"] >= steps and lanes[0]["agent"] == lib.agent_digest():
-      return lanes
+  lanes = lib.saved_lanes(path, steps)
+  if lanes is not None:
+    return lanes
   st = setting(row)
   finals = [lib._read_shard(lib.shard_path(out, "final", st, seed)) for seed in SEEDS]
   if not st.agent_extra and all(f and f["env_steps"] >= steps for f in finals):
@@ -68,10 +66,7 @@ def run_row(row: str, steps: int, out: str) -> List[dict]:
   else:
     lanes = lib.run_lanes([st] * len(SEEDS), list(SEEDS), steps, 10_000,
                           lib.two_colours.SWAP_EVERY)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(lanes, f)
-  os.replace(path + ".tmp", path)
+  lib.save_lanes(path, lanes)
   return lanes
 
 
