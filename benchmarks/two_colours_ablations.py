@@ -14,7 +14,6 @@ saved to benchmarks/results/two_colours/ablations/<row>.json when it
 finishes, so a stopped run continues with the rows it has not done.
 """
 
-import json
 import os
 from typing import Dict, List
 
@@ -78,8 +77,12 @@ def settings(row: str) -> List[lib.Setting]:
   return [lib.Setting(method, meta_lr=lr, k=1, **fields) for lr in LRS for _ in SEEDS]
 
 
+def row_path(out: str, row: str) -> str:
+  return os.path.join(out, f"{row}.json")
+
+
 def run_row(row: str, steps: int, out: str) -> List[dict]:
-  path = os.path.join(out, f"{row}.json")
+  path = row_path(out, row)
   lanes = lib.saved_lanes(path, steps)
   if lanes is None:
     lanes = lib.run_lanes(settings(row), list(SEEDS) * len(LRS), steps, 10_000,
@@ -108,18 +111,15 @@ def table(results: Dict[str, List[dict]]) -> str:
 
 def main(argv):
   del argv
-  rows = _ROWS.value or list(ROWS)
-  unknown = [r for r in rows if r not in ROWS]
-  if unknown:
-    raise app.UsageError(f"unknown row {unknown[0]!r} (known: {', '.join(ROWS)})")
-  results = {}
-  for row in ROWS:  # the table keeps ROWS's order, with every row that has results
-    if row in rows and not _REPLOT.value:
-      logging.info("ablation %s: %s", row, ROWS[row][0])
-      results[row] = run_row(row, _STEPS.value, _OUT.value)
-    elif os.path.exists(os.path.join(_OUT.value, f"{row}.json")):
-      with open(os.path.join(_OUT.value, f"{row}.json")) as f:
-        results[row] = json.load(f)
+
+  def run(row):
+    logging.info("ablation %s: %s", row, ROWS[row][0])
+    return run_row(row, _STEPS.value, _OUT.value)
+  try:
+    results = lib.collect_rows(list(ROWS), _ROWS.value, run,
+                               lambda row: row_path(_OUT.value, row), _REPLOT.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   markdown.replace_block(_RESULTS.value, BEGIN, END, table(results), title="Results")
 
 

@@ -306,6 +306,26 @@ def save_lanes(path: str, lanes: List[dict]) -> None:
   os.replace(path + ".tmp", path)
 
 
+def collect_rows(names: Sequence[str], requested: Optional[Sequence[str]], run, path,
+                 replot: bool = False) -> Dict[str, List[dict]]:
+  """The rows of an ablation table, in `names` order: `run(row)` for each
+  requested row (all by default; none with `replot`), the saved results at
+  `path(row)` for the others that have them. Raises ValueError naming an
+  unknown row."""
+  requested = list(requested or names)
+  unknown = [r for r in requested if r not in names]
+  if unknown:
+    raise ValueError(f"unknown row {unknown[0]!r} (known: {', '.join(names)})")
+  results = {}
+  for row in names:
+    if row in requested and not replot:
+      results[row] = run(row)
+    elif os.path.exists(path(row)):
+      with open(path(row)) as f:
+        results[row] = json.load(f)
+  return results
+
+
 def _save_partial(path, carry, curves, done, seconds):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"

@@ -14,7 +14,6 @@ is read from the first --steps of the final runs' shards when they exist
 benchmarks/results/two_colours/saturation/<row>.json as they finish.
 """
 
-import json
 import os
 from typing import Dict, List
 
@@ -53,8 +52,12 @@ def _truncated(shard: dict, steps: int) -> dict:
           **{k: shard[k][:points] for k in lib.CURVES}}
 
 
+def row_path(out: str, row: str) -> str:
+  return os.path.join(out, "saturation", f"{row}.json")
+
+
 def run_row(row: str, steps: int, out: str) -> List[dict]:
-  path = os.path.join(out, "saturation", f"{row}.json")
+  path = row_path(out, row)
   lanes = lib.saved_lanes(path, steps)
   if lanes is not None:
     return lanes
@@ -91,18 +94,12 @@ def table(results: Dict[str, List[dict]]) -> str:
 
 def main(argv):
   del argv
-  rows = _ROWS.value or list(ROWS)
-  unknown = [r for r in rows if r not in ROWS]
-  if unknown:
-    raise app.UsageError(f"unknown row {unknown[0]!r} (known: {', '.join(ROWS)})")
-  results = {}
-  for row in ROWS:
-    path = os.path.join(_OUT.value, "saturation", f"{row}.json")
-    if row in rows and not _REPLOT.value:
-      results[row] = run_row(row, _STEPS.value, _OUT.value)
-    elif os.path.exists(path):
-      with open(path) as f:
-        results[row] = json.load(f)
+  try:
+    results = lib.collect_rows(
+        list(ROWS), _ROWS.value, lambda row: run_row(row, _STEPS.value, _OUT.value),
+        lambda row: row_path(_OUT.value, row), _REPLOT.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   if results:
     markdown.replace_block(_RESULTS.value, BEGIN, END, table(results), title="Results")
 
