@@ -52,10 +52,11 @@ ROWS: Dict[str, tuple] = {
                dict(l=8, agent_extra=(("batch_size", 4),))),
     "step_reward": ("the world pays -0.04 on every step that collects nothing",
                     dict(l=8, step_reward=-0.04)),
-    "clip2_L8": ("the protocol's BMG with the agent's clip at global norm 2 (the saturation fix)",
-                 dict(l=8, agent_extra=(("max_grad_norm", 2.0),))),
-    "clip2_L1": ("L = 1, the agent's clip at global norm 2",
-                 dict(l=1, agent_extra=(("max_grad_norm", 2.0),))),
+    "clip5_L8": ("the protocol's BMG with the agent's clip at global norm 5 (the agent of "
+                 "stops 15-17, whose policy saturates over long runs)",
+                 dict(l=8, agent_extra=(("max_grad_norm", 5.0),))),
+    "clip5_L1": ("L = 1, the agent's clip at global norm 5",
+                 dict(l=1, agent_extra=(("max_grad_norm", 5.0),))),
     "ctx_L8": ("BMG + reward context (the protocol's meta-network), L = 8",
                dict(method="bmg_ctx", l=8)),
     "ctx_L1": ("BMG + reward context, L = 1", dict(method="bmg_ctx", l=1)),
@@ -101,7 +102,9 @@ def table(results: Dict[str, List[dict]]) -> str:
       ec = np.mean([r["entropy_cost"] for r in mine], axis=0)
       rps = np.mean([lib.reward_per_step(r) for r in mine])
       cells.append(f"{ec[0]:.2f} -> {ec[len(ec) // 2]:.2f} -> {ec[-1]:.2f} ({rps:.3f})")
-    lines.append(f"| `{row}` | {ROWS[row][0]} | {cells[0]} | {cells[1]} |")
+    # A row saved with an earlier agent stays in the table until it is rerun, marked.
+    stale = "" if lib.made_with_this_agent(lanes[0]) else " (an earlier agent's run; stale)"
+    lines.append(f"| `{row}` | {ROWS[row][0]}{stale} | {cells[0]} | {cells[1]} |")
   steps = next(iter(results.values()))[0]["env_steps"]
   lines += ["", "BMG without context unless the row says so, K = 1; each cell the mean of "
             f"seeds 0 and 1 over {steps:,} env steps (colour swaps every 100,000). Made by "

@@ -8,9 +8,10 @@ The best fixed agent (entropy cost 0.1) on the final runs' 10 seeds, one
 vmapped program per row, each row changing the agent in one respect
 (`ROWS`). "Saturated" is a curve point (10k env steps) whose mean policy
 entropy is below 0.01: the policy repeats one action, and at a float32
-one-hot softmax every gradient is 0. The row of the agent as it is (`clip5`)
+one-hot softmax every gradient is 0. The row of the agent as it is (`clip2`)
 is read from the first --steps of the final runs' shards when they exist
-(the same program and seeds, so the same numbers). Rows are saved to
+(the same program and seeds, so the same numbers); `clip5` was read from the
+clip-5 agent's finals (benchmarks/results/two_colours/clip5/final/). Rows are saved to
 benchmarks/results/two_colours/saturation/<row>.json as they finish.
 """
 
@@ -26,8 +27,8 @@ from benchmarks import markdown
 from benchmarks import two_colours_lib as lib
 
 ROWS: Dict[str, tuple] = {
-    "clip5": ("the agent as it is: global-norm clip 5", ()),
-    "clip2": ("global-norm clip 2 (the candidate fix)", (("max_grad_norm", 2.0),)),
+    "clip5": ("global-norm clip 5 (the agent of stops 15-17)", (("max_grad_norm", 5.0),)),
+    "clip2": ("the agent as it is: global-norm clip 2", ()),
     "clip1": ("global-norm clip 1 (the clip before stop 15)", (("max_grad_norm", 1.0),)),
 }
 SEEDS = tuple(range(lib.FINAL_SEED0, lib.FINAL_SEED0 + 10))

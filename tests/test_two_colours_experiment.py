@@ -35,9 +35,10 @@ def test_lanes_share_one_program_and_each_lane_is_its_own_run():
   alone = lib.run_lanes([b], [1], steps=2_000, log_every=1_000, swap_every=1_000)
   np.testing.assert_allclose(together[1]["entropy_cost"], alone[0]["entropy_cost"], rtol=1e-4)
   np.testing.assert_allclose(together[1]["reward"], alone[0]["reward"])
-  # The faster meta learning rate moved the entropy cost further.
-  move = [abs(r["entropy_cost"][-1] - r["entropy_cost"][0]) for r in together]
-  assert move[0] > move[1] and move[0] > 1e-4
+  # The faster meta learning rate moved the entropy cost further from its start.
+  start = lib.META["hyperparams"]["entropy_cost"]["init"]
+  move = [np.max(np.abs(np.asarray(r["entropy_cost"]) - start)) for r in together]
+  assert move[0] > 3 * move[1] and move[0] > 1e-3, move
 
 
 def test_protocol_resumes_from_shards_and_partial_state_and_writes_the_report(tmp_path):
@@ -113,7 +114,8 @@ def test_mg_with_reward_context_answers_a_colour_swap_with_its_entropy_cost():
   """Luketina et al.'s observation (Sec. 6): with the reward context the
   meta-learned entropy cost rises at a colour swap, while the agent's reward
   is down, and falls again as the reward recovers (here the best MG +
-  context tuning setting, seed 0, swaps at 100k and 200k steps)."""
+  context tuning setting of the clip-5 agent's protocol, seed 0, swaps at
+  100k and 200k steps)."""
   setting = lib.Setting("mg_ctx", meta_lr=1e-3, k=1, outer_entropy=0.1)
   [run] = lib.run_lanes([setting], [0], steps=300_000, log_every=10_000, swap_every=100_000)
   per = run["swap_every"] // run["point_steps"]
@@ -153,3 +155,17 @@ def test_a_longer_run_begins_with_the_shorter_run():
     assert cut["env_steps"] == b["env_steps"] == 2_048
     for key in lib.CURVES:
       np.testing.assert_allclose(cut[key], b[key], rtol=1e-6)
+
+
+def test_a_saved_run_is_named_by_the_agent_it_ran_with():
+  """A row that overrode a field of AGENT stays valid when AGENT later takes
+  that value, and a run of another agent is found stale."""
+  now = (("max_grad_norm", lib.AGENT["max_grad_norm"]),)
+  other = (("max_grad_norm", lib.AGENT["max_grad_norm"] + 3.0),)
+  assert lib.agent_digest(now) == lib.agent_digest()
+  assert lib.agent_digest(other) != lib.agent_digest()
+  run = {"spec": {"agent_extra": [list(p) for p in other]}, "agent": lib.agent_digest(other)}
+  assert lib.made_with_this_agent(run)
+  assert not lib.made_with_this_agent(dict(run, agent=lib.agent_digest()))
+  assert not lib.made_with_this_agent({"spec": {}, "agent": lib.agent_digest(other)})
+  assert lib.made_with_this_agent({"spec": {}, "agent": lib.agent_digest()})  # older shards
