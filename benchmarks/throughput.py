@@ -1,6 +1,7 @@
 r"""Throughput benchmark: where does an env step's time go?
 
-Measures, in one run on this machine:
+Measures, in one run on this machine, for each env backend (gymnasium's
+Python envs, EnvPool's C++ envs):
   (a) the raw step rate of the actors' vector env with random actions,
   (b) one actor's rate: env + jitted policy + Reverb writes (in-process server),
   (c) the learner's consumption rate: env steps/s through the pmapped update alone,
@@ -10,6 +11,7 @@ Writes benchmarks/results/throughput.{json,png} and the table in
 BENCHMARKS.md (between its markers).
 
   python -m benchmarks.throughput --num_actors=1,2,4 --seconds=40
+  python -m benchmarks.throughput --backends=envpool --modes=local_mp
 """
 
 import json
@@ -30,6 +32,7 @@ from benchmarks import markdown
 _CONFIG = flags.DEFINE_string("config", "launch/configs/cartpole_impala.py", "Config file.")
 _NUM_ACTORS = flags.DEFINE_list("num_actors", ["1", "2", "4"], "Actor counts for (d).")
 _MODES = flags.DEFINE_list("modes", ["local_mt", "local_mp"], "Launch modes for (d).")
+_BACKENDS = flags.DEFINE_list("backends", ["gymnasium", "envpool"], "Env backends (a, b, d).")
 _SECONDS = flags.DEFINE_float("seconds", 40.0, "Length of each end-to-end run.")
 _WARMUP = flags.DEFINE_float("warmup", 12.0, "Seconds of each run ignored (start-up, compile).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for the JSON and the plot.")
@@ -52,7 +55,8 @@ def raw_env_rate(config, seconds=3.0, repeats=3):
   """Best of `repeats` windows: other load on a shared machine only lowers a rate,
   and a low (a) would inflate every ratio to it."""
   import envs
-  env = envs.make_vector_env(config.env_id, config.envs_per_actor, seed=0)
+  env = envs.make_vector_env(config.env_id, config.envs_per_actor, seed=0,
+                             backend=config.env_backend)
   rng = np.random.default_rng(0)
   n = env.num_envs
   num_actions = env.single_action_space.n
@@ -74,14 +78,15 @@ def actor_rate(config, seconds=8.0):
   from podmeta import builder
   from podmeta import replay as replay_lib
   from podmeta.acting import Actor
-  spec = envs.env_spec(config.env_id)
+  spec = envs.env_spec(config.env_id, backend=config.env_backend)
   # A table large enough that the actor never waits for a learner.
   config = config.replace(replay_max_size=10_000_000)
   server = reverb.Server(builder.make_tables(config, spec), port=None)
   client = reverb.Client(f"localhost:{server.port}")
   learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
   stop = threading.Event()
-  actor = Actor(env=envs.make_vector_env(config.env_id, config.envs_per_actor, seed=0),
+  actor = Actor(env=envs.make_vector_env(config.env_id, config.envs_per_actor, seed=0,
+                                         backend=config.env_backend),
                 network=builder.make_network(config, spec), variable_source=learner,
                 writer=replay_lib.UnrollWriter(client, builder.make_spec(config, spec),
                                                config.envs_per_actor),
@@ -156,25 +161,27 @@ def write_outputs(results):
   with open(os.path.join(_OUT.value, "throughput.json"), "w") as f:
     json.dump(results, f, indent=2)
   _plot(results, os.path.join(_OUT.value, "throughput.png"))
-  raw = results["raw_env_steps_per_second"]
   lines = [
       f"Measured {results['date']} on {results['machine']} with "
       f"`{results['command']}` (config `{results['config']}`, "
       f"{results['envs_per_actor']} envs per actor, unrolls of {results['unroll_length']}, "
-      f"batches of {results['batch_size']}).",
+      f"batches of {results['batch_size']}). Ratios are to the same backend's (a).",
       "",
-      "| what | env steps/s | ratio to (a) |",
-      "|---|---:|---:|",
-      f"| (a) raw vector env, random actions | {raw:,.0f} | 1.00 |",
-      f"| (b) one actor: env + jitted policy + Reverb writes | {results['actor_env_steps_per_second']:,.0f} "
-      f"| {results['actor_env_steps_per_second'] / raw:.2f} |",
-      f"| (c) learner alone: pmapped update on {results['learner_devices']} device(s) "
-      f"| {results['learner_env_steps_per_second']:,.0f} "
-      f"| {results['learner_env_steps_per_second'] / raw:.2f} |",
+      "| backend | what | env steps/s | ratio to (a) |",
+      "|---|---|---:|---:|",
   ]
-  for row in results["end_to_end"]:
-    lines.append(f"| (d) end to end, {row['mode']}, {row['num_actors']} actor(s) "
-                 f"| {row['env_steps_per_second']:,.0f} | {row['env_steps_per_second'] / raw:.2f} |")
+  for backend, rows in results["backends"].items():
+    raw = rows["raw_env_steps_per_second"]
+    lines += [
+        f"| {backend} | (a) raw vector env, random actions | {raw:,.0f} | 1.00 |",
+        f"| {backend} | (b) one actor: env + jitted policy + Reverb writes "
+        f"| {rows['actor_env_steps_per_second']:,.0f} "
+        f"| {rows['actor_env_steps_per_second'] / raw:.2f} |"]
+    for row in rows["end_to_end"]:
+      lines.append(f"| {backend} | (d) end to end, {row['mode']}, {row['num_actors']} actor(s) "
+                   f"| {row['env_steps_per_second']:,.0f} | {row['env_steps_per_second'] / raw:.2f} |")
+  lines.append(f"| | (c) learner alone: pmapped update on {results['learner_devices']} device(s) "
+               f"| {results['learner_env_steps_per_second']:,.0f} | |")
   lines += ["", "![throughput](benchmarks/results/throughput.png)"]
   markdown.replace_block(_MARKDOWN.value, BEGIN, END, "\n".join(lines), title="Benchmarks")
 
@@ -183,20 +190,24 @@ def _plot(results, path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4))
-  for mode in sorted({r["mode"] for r in results["end_to_end"]}):
-    rows = [r for r in results["end_to_end"] if r["mode"] == mode]
-    ax.plot([r["num_actors"] for r in rows], [r["env_steps_per_second"] for r in rows], "o-",
-            label=f"end to end ({mode})")
-  ax.axhline(results["raw_env_steps_per_second"], color="gray", ls="--", label="(a) raw env")
-  ax.axhline(results["raw_env_steps_per_second"] / 2, color="gray", ls=":", label="half of (a)")
-  ax.axhline(results["actor_env_steps_per_second"], color="tab:green", ls="--", label="(b) one actor")
-  ax.set_xlabel("actors")
-  ax.set_ylabel("env steps / s")
-  ax.set_xscale("log", base=2)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  ax.set_title(f"podmeta throughput ({results['machine']})")
+  fig, axes = plt.subplots(1, len(results["backends"]), figsize=(6 * len(results["backends"]), 4),
+                           squeeze=False)
+  for ax, (backend, rows) in zip(axes[0], results["backends"].items()):
+    for mode in sorted({r["mode"] for r in rows["end_to_end"]}):
+      line = [r for r in rows["end_to_end"] if r["mode"] == mode]
+      ax.plot([r["num_actors"] for r in line], [r["env_steps_per_second"] for r in line], "o-",
+              label=f"end to end ({mode})")
+    ax.axhline(rows["raw_env_steps_per_second"], color="gray", ls="--", label="(a) raw env")
+    ax.axhline(rows["raw_env_steps_per_second"] / 2, color="gray", ls=":", label="half of (a)")
+    ax.axhline(rows["actor_env_steps_per_second"], color="tab:green", ls="--",
+               label="(b) one actor")
+    ax.set_xlabel("actors")
+    ax.set_ylabel("env steps / s")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{backend} ({results['machine']})")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -214,22 +225,26 @@ def main(argv):
       "config": _CONFIG.value, "envs_per_actor": config.envs_per_actor,
       "unroll_length": config.unroll_length, "batch_size": config.batch_size,
   }
-  print("(a) raw vector env ...", flush=True)
-  results["raw_env_steps_per_second"] = raw_env_rate(config)
-  print("(b) one actor ...", flush=True)
-  results["actor_env_steps_per_second"] = actor_rate(config)
   print("(c) learner alone ...", flush=True)
   rate, devices = learner_rate(config)
   results["learner_env_steps_per_second"], results["learner_devices"] = rate, devices
-  results["end_to_end"] = []
-  for mode in _MODES.value:
-    for n in [int(x) for x in _NUM_ACTORS.value]:
-      print(f"(d) {mode}, {n} actor(s) ...", flush=True)
-      results["end_to_end"].append({"mode": mode, "num_actors": n, "env_steps_per_second":
-                                    end_to_end_rate(n, mode, _SECONDS.value, _WARMUP.value)})
-  # (a) again at the end, so a busy moment at the start cannot set the baseline.
-  results["raw_env_steps_per_second"] = max(results["raw_env_steps_per_second"],
-                                            raw_env_rate(config))
+  results["backends"] = {}
+  for backend in _BACKENDS.value:
+    cfg = config.replace(env_backend=backend)
+    rows = results["backends"][backend] = {}
+    print(f"{backend}: (a) raw vector env ...", flush=True)
+    rows["raw_env_steps_per_second"] = raw_env_rate(cfg)
+    print(f"{backend}: (b) one actor ...", flush=True)
+    rows["actor_env_steps_per_second"] = actor_rate(cfg)
+    rows["end_to_end"] = []
+    for mode in _MODES.value:
+      for n in [int(x) for x in _NUM_ACTORS.value]:
+        print(f"{backend}: (d) {mode}, {n} actor(s) ...", flush=True)
+        rows["end_to_end"].append({"mode": mode, "num_actors": n, "env_steps_per_second":
+                                   end_to_end_rate(n, mode, _SECONDS.value, _WARMUP.value,
+                                                   [f"--config.env_backend={backend}"])})
+    # (a) again at the end, so a busy moment at the start cannot set the baseline.
+    rows["raw_env_steps_per_second"] = max(rows["raw_env_steps_per_second"], raw_env_rate(cfg))
   write_outputs(results)
   print(json.dumps(results, indent=2))
   print(f"wrote {_MARKDOWN.value} and {_OUT.value}/throughput.{{json,png}}")

@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs import atari
+from envs import envpool_env
 from envs import faulty
 from envs import memory
 from envs import two_colours
@@ -78,8 +79,11 @@ def _import_module_of(env_id: str) -> str:
   return name
 
 
-def check_env_id(env_id: str) -> None:
-  """Raises ValueError naming `env_id` if gymnasium does not know it."""
+def check_env_id(env_id: str, backend: str = "gymnasium") -> None:
+  """Raises ValueError naming `env_id` if the backend does not know it."""
+  if backend == "envpool":
+    envpool_env.check_env_id(env_id)
+    return
   register()
   name = _import_module_of(env_id)
   try:
@@ -136,33 +140,45 @@ def make_env(env_id: str, env_kwargs: Optional[Mapping[str, Any]] = None,
 
 
 def env_spec(env_id: str, env_kwargs: Optional[Mapping[str, Any]] = None,
-             wrappers: Sequence[str] = ()) -> EnvSpec:
+             wrappers: Sequence[str] = (), backend: str = "gymnasium") -> EnvSpec:
+  if backend == "envpool":
+    pool = envpool_env.VectorEnv(env_id, 1, seed=0, env_kwargs=env_kwargs)
+    try:
+      _check_action_space(env_id, pool.single_action_space)
+      return _spec(env_id, pool.single_observation_space, pool.single_action_space)
+    finally:
+      pool.close()
   env = make_env(env_id, env_kwargs, wrappers)
   try:
-    space = env.observation_space
-    if not isinstance(space, gym.spaces.Box):
-      raise ValueError(
-          f"env {env_id!r}: podmeta needs an array (Box) observation space, got "
-          f"{type(space).__name__}; flatten it with "
-          f"--config.env_wrappers=\"('gymnasium.wrappers:FlattenObservation',)\"")
-    actions = env.action_space
-    if isinstance(actions, gym.spaces.Box):
-      return EnvSpec(tuple(space.shape), np.dtype(space.dtype), int(actions.shape[0]),
-                     continuous=True)
-    return EnvSpec(tuple(space.shape), np.dtype(space.dtype), int(actions.n))
+    return _spec(env_id, env.observation_space, env.action_space)
   finally:
     env.close()
 
 
+def _spec(env_id: str, space, actions) -> EnvSpec:
+  if not isinstance(space, gym.spaces.Box):
+    raise ValueError(
+        f"env {env_id!r}: podmeta needs an array (Box) observation space, got "
+        f"{type(space).__name__}; flatten it with "
+        f"--config.env_wrappers=\"('gymnasium.wrappers:FlattenObservation',)\"")
+  if isinstance(actions, gym.spaces.Box):
+    return EnvSpec(tuple(space.shape), np.dtype(space.dtype), int(actions.shape[0]),
+                   continuous=True)
+  return EnvSpec(tuple(space.shape), np.dtype(space.dtype), int(actions.n))
+
+
 def make_vector_env(env_id: str, num_envs: int, seed: int, wrappers: Sequence[str] = (),
-                    **env_kwargs) -> gym.vector.VectorEnv:
+                    backend: str = "gymnasium", **env_kwargs):
   """A synchronous vector env that resets an episode one step after it ends.
 
   The "next step" autoreset keeps each final observation in the stream, which
   the V-trace loss needs to bootstrap truncated episodes (see podmeta.losses).
   `wrappers` ("module:callable") wrap each env, after gym.make, then
-  `normalise_actions`.
+  `normalise_actions`. With `backend="envpool"`, EnvPool's C++ envs
+  (`envs.envpool_env`; no wrappers).
   """
+  if backend == "envpool":
+    return envpool_env.VectorEnv(env_id, num_envs, seed, env_kwargs=env_kwargs)
   register()
   name = _import_module_of(env_id)
   env = gym.make_vec(name, num_envs=num_envs, vectorization_mode="sync",

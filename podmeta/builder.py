@@ -145,12 +145,13 @@ def host_run_dir(run_dir: str, process_id: int) -> str:
 
 def env_spec(config: Config) -> envs.EnvSpec:
   """The spec of config's env, made with its kwargs and wrappers."""
-  return envs.env_spec(config.env_id, config.env_make_kwargs, config.env_wrappers)
+  return envs.env_spec(config.env_id, config.env_make_kwargs, config.env_wrappers,
+                       config.env_backend)
 
 
 def vector_env(config: Config, num_envs: int, seed: int):
   return envs.make_vector_env(config.env_id, num_envs, seed, config.env_wrappers,
-                              **config.env_make_kwargs)
+                              config.env_backend, **config.env_make_kwargs)
 
 
 def build_learner_node(config: Config, run_dir: str, replay_client, stop_program=None,
@@ -270,7 +271,7 @@ def make_program(config: Config, run_dir: str, pod: bool = False):
 
 def preflight(config: Config, run_dir: str, num_devices: Optional[int] = None) -> None:
   """Raises ValueError with a one-line message for any input that cannot work."""
-  envs.check_env_id(config.env_id)
+  envs.check_env_id(config.env_id, config.env_backend)
   spec = env_spec(config)
   n = num_devices or jax.local_device_count()
   chunks = config.meta.batch_chunks

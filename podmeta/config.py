@@ -15,6 +15,7 @@ from podmeta.validation import coerce
 
 _OPTIMIZERS = ("adam", "rmsprop", "sgd")
 _TORSOS = ("mlp", "conv", "impala_deep")
+ENV_BACKENDS = ("gymnasium", "envpool")
 # Choices that podmeta.networks also checks against (it imports them from here).
 GAUSSIAN_STDS = ("learned", "state")
 CORES = ("none", "lstm")
@@ -34,6 +35,10 @@ class Config:
   # "module:callable" wrappers applied to every env, in order, after gym.make
   # (e.g. "gymnasium.wrappers:FlattenObservation" for Dict observations).
   env_wrappers: Tuple[str, ...] = ()
+  # Who steps the actors' envs: "gymnasium" (Python envs, any registered id,
+  # users' own) or "envpool" (EnvPool's C++ envs, its own ids only, e.g.
+  # CartPole-v1; no env_wrappers).
+  env_backend: str = "gymnasium"
   num_actors: int = 2
   # Actors per Launchpad node (threads of one process in local_mp): a large
   # num_actors then needs num_actors / actors_per_node processes.
@@ -170,6 +175,9 @@ def _validate(c: Config) -> None:
             "must be a JSON object of gym.make's keyword arguments, e.g. '{\"length\": 8}'")
   require(all(isinstance(w, str) and ":" in w for w in c.env_wrappers), "env_wrappers",
           "must be a tuple of 'module:callable' names")
+  require(c.env_backend in ENV_BACKENDS, "env_backend", f"must be one of {ENV_BACKENDS}")
+  require(c.env_backend != "envpool" or not c.env_wrappers, "env_wrappers",
+          "apply to gymnasium envs only; leave them empty with env_backend='envpool'")
   require(c.num_actors >= 1, "num_actors", "must be at least 1")
   require(c.actors_per_node >= 1, "actors_per_node", "must be at least 1")
   require(c.actor_restarts >= 0, "actor_restarts", "must be at least 0")

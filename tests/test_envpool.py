@@ -1,0 +1,100 @@
+"""The EnvPool backend (envs.envpool_env) against gymnasium's own envs."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import envs
+from envs import envpool_env
+from podmeta.config import Config
+from tests import helpers
+
+
+def _gymnasium_cartpole_from(obs: np.ndarray):
+  env = gym.make("CartPole-v1").unwrapped
+  env.reset(seed=0)
+  env.state = obs.astype(np.float64)  # CartPole's state is its observation
+  return env
+
+
+def test_cartpole_steps_like_gymnasium_and_resets_on_the_next_step():
+  """From the same state, the same actions give the same observations,
+  rewards and episode ends; the step after an end is a reset paying 0."""
+  pool = envs.make_vector_env("CartPole-v1", 3, seed=7, backend="envpool")
+  assert pool.num_envs == 3 and pool.single_action_space == gym.spaces.Discrete(2)
+  obs, _ = pool.reset()
+  refs = [_gymnasium_cartpole_from(o) for o in obs]
+  returns, ref_returns = np.zeros(3), np.zeros(3)
+  ended = np.zeros(3, bool)
+  episodes = [[] for _ in range(3)]
+  rng = np.random.default_rng(0)
+  for _ in range(300):
+    actions = rng.integers(0, 2, size=3).astype(np.int32)
+    obs, reward, terminated, truncated, info = pool.step(actions)
+    assert not truncated.any()
+    for i in range(3):
+      if ended[i]:  # the next-step reset: action ignored, reward 0, a fresh start
+        assert info["elapsed_step"][i] == 0 and reward[i] == 0 and not terminated[i]
+        assert np.all(np.abs(obs[i]) <= 0.05)
+        refs[i] = _gymnasium_cartpole_from(obs[i])
+        ended[i] = False
+        continue
+      ref_obs, ref_reward, ref_terminated, _, _ = refs[i].step(int(actions[i]))
+      np.testing.assert_allclose(obs[i], ref_obs, rtol=1e-4, atol=1e-5)
+      assert bool(terminated[i]) == ref_terminated
+      returns[i] += reward[i]
+      ref_returns[i] += ref_reward
+      if terminated[i]:
+        episodes[i].append((returns[i], ref_returns[i]))
+        returns[i] = ref_returns[i] = 0.0
+        ended[i] = True
+  assert min(len(e) for e in episodes) >= 3, episodes  # random actions: ~20 steps each
+  for e in episodes:
+    np.testing.assert_array_equal(*np.asarray(e).T)
+
+
+def test_box_actions_are_rescaled_from_minus_one_to_one():
+  pool = envs.make_vector_env("Pendulum-v1", 2, seed=0, backend="envpool")
+  assert pool.single_action_space == gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+  spec = envs.env_spec("Pendulum-v1", backend="envpool")
+  assert spec.continuous and spec.num_actions == 1 and spec.obs_shape == (3,)
+  pool.reset()
+  # Pendulum's torque bound is 2: an action of 1 is a torque of 2, and 5 is clipped to it.
+  seen = []
+  for a in (1.0, 5.0):
+    p = envs.make_vector_env("Pendulum-v1", 1, seed=3, backend="envpool")
+    obs, _ = p.reset()
+    seen.append(p.step(np.full((1, 1), a, np.float32))[0])
+  np.testing.assert_allclose(seen[0], seen[1])
+  ref = gym.make("Pendulum-v1").unwrapped
+  ref.reset(seed=0)
+  p = envs.make_vector_env("Pendulum-v1", 1, seed=3, backend="envpool")
+  obs, _ = p.reset()
+  ref.state = np.array([np.arctan2(obs[0, 1], obs[0, 0]), obs[0, 2]])
+  np.testing.assert_allclose(seen[0][0], ref.step(np.array([2.0]))[0], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_envpool_input_names_the_field():
+  with pytest.raises(ValueError, match="'env_id'.*EnvPool has no env 'CartPol-v1'"):
+    envs.check_env_id("CartPol-v1", backend="envpool")
+  with pytest.raises(ValueError, match="'env_wrappers'.*gymnasium envs only"):
+    Config.from_mapping({"env_backend": "envpool",
+                         "env_wrappers": ("gymnasium.wrappers:FlattenObservation",)})
+  with pytest.raises(ValueError, match="'env_backend' must be one of"):
+    Config.from_mapping({"env_backend": "brax"})
+  with pytest.raises(ValueError, match="'env_kwargs': envpool.make"):
+    envpool_env.VectorEnv("CartPole-v1", 2, 0, env_kwargs={"no_such_option": 1})
+
+
+def test_the_distributed_program_learns_cartpole_on_envpool(tmp_path):
+  run_dir = str(tmp_path / "run")
+  code, out, left = helpers.run(
+      helpers.train_command(run_dir, "--config=launch/configs/cartpole_impala.py",
+                            "--config.env_backend=envpool", "--config.max_env_steps=400000"),
+      timeout=600, env_overrides={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+  assert code == 0, out[-5000:]
+  assert not left
+  s = helpers.summary(run_dir)
+  assert s["exit_reason"] == "max_env_steps" and s["env_errors"] == 0
+  # Random actions average ~22; the gymnasium backend passes 300 by ~250k steps.
+  assert s["episode_return_mean"] >= 300, s
