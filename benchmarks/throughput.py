@@ -40,6 +40,7 @@ _MARKDOWN = flags.DEFINE_string("markdown", "BENCHMARKS.md", "File whose table i
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
+_STARTUP_MARKS = ("learner_built", "first_batch", "first_learner_step")
 
 
 def load_config():
@@ -135,7 +136,9 @@ def learner_rate(config, seconds=5.0):
 
 
 def end_to_end_rate(num_actors, mode, seconds, warmup, extra_args=()):
-  """Env steps/s of a real launch, from the learner's log after `warmup` seconds."""
+  """Env steps/s of a real launch, from the learner's log after `warmup` seconds,
+  and its start-up (the summary's seconds from process start to the learner's
+  milestones)."""
   from podmeta import loggers
   with tempfile.TemporaryDirectory() as tmp:
     run_dir = os.path.join(tmp, "run")
@@ -153,7 +156,9 @@ def end_to_end_rate(num_actors, mode, seconds, warmup, extra_args=()):
     if ok.sum() < 2:
       raise RuntimeError(f"{mode} x{num_actors}: too few log rows after warm-up")
     t, steps = t[ok], steps[ok]
-    return float((steps[-1] - steps[0]) / (t[-1] - t[0]))
+    with open(os.path.join(run_dir, "summary.json")) as f:
+      startup = json.load(f).get("startup_seconds") or {}
+    return float((steps[-1] - steps[0]) / (t[-1] - t[0])), startup
 
 
 def write_outputs(results):
@@ -167,21 +172,28 @@ def write_outputs(results):
       f"{results['envs_per_actor']} envs per actor, unrolls of {results['unroll_length']}, "
       f"batches of {results['batch_size']}). Ratios are to the same backend's (a).",
       "",
-      "| backend | what | env steps/s | ratio to (a) |",
-      "|---|---|---:|---:|",
+      "| backend | what | env steps/s | ratio to (a) | start-up s: learner built / first "
+      "batch / first update |",
+      "|---|---|---:|---:|---|",
   ]
   for backend, rows in results["backends"].items():
     raw = rows["raw_env_steps_per_second"]
     lines += [
-        f"| {backend} | (a) raw vector env, random actions | {raw:,.0f} | 1.00 |",
+        f"| {backend} | (a) raw vector env, random actions | {raw:,.0f} | 1.00 | |",
         f"| {backend} | (b) one actor: env + jitted policy + Reverb writes "
         f"| {rows['actor_env_steps_per_second']:,.0f} "
-        f"| {rows['actor_env_steps_per_second'] / raw:.2f} |"]
+        f"| {rows['actor_env_steps_per_second'] / raw:.2f} | |"]
     for row in rows["end_to_end"]:
+      marks = row.get("startup_seconds") or {}
+      startup = " / ".join(f"{marks[k]:.1f}" if k in marks else "-" for k in _STARTUP_MARKS)
       lines.append(f"| {backend} | (d) end to end, {row['mode']}, {row['num_actors']} actor(s) "
-                   f"| {row['env_steps_per_second']:,.0f} | {row['env_steps_per_second'] / raw:.2f} |")
+                   f"| {row['env_steps_per_second']:,.0f} | {row['env_steps_per_second'] / raw:.2f} "
+                   f"| {startup} |")
   lines.append(f"| | (c) learner alone: pmapped update on {results['learner_devices']} device(s) "
-               f"| {results['learner_env_steps_per_second']:,.0f} | |")
+               f"| {results['learner_env_steps_per_second']:,.0f} | | |")
+  lines += ["", "Start-up counts from the launcher's process start; the runs share JAX's "
+            "persistent compilation cache (`--compilation_cache_dir`), so all but the first "
+            "of a shape load their compiled programs."]
   lines += ["", "![throughput](benchmarks/results/throughput.png)"]
   markdown.replace_block(_MARKDOWN.value, BEGIN, END, "\n".join(lines), title="Benchmarks")
 
@@ -240,9 +252,10 @@ def main(argv):
     for mode in _MODES.value:
       for n in [int(x) for x in _NUM_ACTORS.value]:
         print(f"{backend}: (d) {mode}, {n} actor(s) ...", flush=True)
-        rows["end_to_end"].append({"mode": mode, "num_actors": n, "env_steps_per_second":
-                                   end_to_end_rate(n, mode, _SECONDS.value, _WARMUP.value,
-                                                   [f"--config.env_backend={backend}"])})
+        rate, startup = end_to_end_rate(n, mode, _SECONDS.value, _WARMUP.value,
+                                        [f"--config.env_backend={backend}"])
+        rows["end_to_end"].append({"mode": mode, "num_actors": n,
+                                   "env_steps_per_second": rate, "startup_seconds": startup})
     # (a) again at the end, so a busy moment at the start cannot set the baseline.
     rows["raw_env_steps_per_second"] = max(rows["raw_env_steps_per_second"], raw_env_rate(cfg))
   write_outputs(results)

@@ -34,6 +34,11 @@ _POD_COORDINATOR = flags.DEFINE_string(
 _POD_NUM_PROCESSES = flags.DEFINE_integer("pod_num_processes", 1,
                                           "Number of hosts (processes) in the pod.")
 _POD_PROCESS_ID = flags.DEFINE_integer("pod_process_id", 0, "This host's index in the pod.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "podmeta", "jax"),
+    "JAX's persistent compilation cache, shared by every node process: a repeated run with "
+    "the same shapes loads the compiled update and policy instead of compiling them; '' "
+    "turns it off.")
 _POD_TPU = flags.DEFINE_bool("pod_tpu", False,
                              "Join the TPU pod this VM belongs to (the TPU runtime provides "
                              "the coordinator, process count and index).")
@@ -91,6 +96,17 @@ def _config_values() -> dict:
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  # Start-up is measured from this process's start (the learner reports it);
+  # a host process relaunched by pod_host keeps its parent's.
+  import psutil  # pylint: disable=g-import-not-at-top
+  from podmeta.core import LAUNCH_TIME_ENV  # pylint: disable=g-import-not-at-top
+  os.environ.setdefault(LAUNCH_TIME_ENV, str(psutil.Process().create_time()))
+  if _COMPILATION_CACHE.value:
+    # Through the environment, so local_mp's node processes use it too (JAX
+    # reads these when it is imported); a user's own settings win.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE.value)
+    # The default (1 s) would leave out the policy, which compiles faster.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
   from podmeta import builder
   from podmeta.config import Config
   from podmeta.logging_setup import quiet_third_party_logs

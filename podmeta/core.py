@@ -6,7 +6,9 @@ below depends on either.
 
 import abc
 import functools
+import os
 import threading
+import time
 from typing import Any, Callable, Optional, Tuple
 
 
@@ -76,3 +78,28 @@ def names_failures(role: str) -> Callable:
     return wrapped
 
   return decorate
+
+
+
+# The launcher's process start (unix seconds), exported by launch/ to every
+# node process, so that start-up is measured from what a user waits through.
+LAUNCH_TIME_ENV = "PODMETA_LAUNCH_UNIX_TIME"
+
+
+class StartupClock:
+  """Seconds from the launcher's process start to a node's first milestones.
+
+  `mark(name)` keeps the first time it is called for a name. Without a
+  launch time (a node built outside launch/, as in most tests) nothing is
+  recorded.
+  """
+
+  def __init__(self, launch_time: Optional[float] = None):
+    if launch_time is None and os.environ.get(LAUNCH_TIME_ENV):
+      launch_time = float(os.environ[LAUNCH_TIME_ENV])
+    self._launch_time = launch_time
+    self.marks = {}
+
+  def mark(self, name: str) -> None:
+    if self._launch_time is not None and name not in self.marks:
+      self.marks[name] = round(time.time() - self._launch_time, 3)

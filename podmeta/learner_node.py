@@ -274,6 +274,8 @@ class LearnerNode(core.Worker, core.VariableSource):
       self._pod_env_steps = host_sync(False, True, self._run.env_steps)[2]
     self._env_steps_at_start = self._pod_env_steps
     self._learner_steps_at_start = self._learner.step_count
+    self._startup = core.StartupClock()
+    self._startup.mark("learner_built")
 
   # -- courier API ----------------------------------------------------------
 
@@ -320,9 +322,14 @@ class LearnerNode(core.Worker, core.VariableSource):
         if exit_reason:
           break
         if ready:
+          self._startup.mark("first_batch")
           (batch, version), item = item, None
           lag = self._learner.step_count - version
-          window.add(self._learner.step(batch), lag)
+          metrics = self._learner.step(batch)
+          window.add(metrics, lag)
+          if "first_learner_step" not in self._startup.marks:
+            jax.block_until_ready(metrics)  # once: the first update, compilation included
+            self._startup.mark("first_learner_step")
         now = time.monotonic()
         if window.due(now, self._log_every):
           self._log(window)
@@ -491,6 +498,10 @@ class LearnerNode(core.Worker, core.VariableSource):
         "wall_seconds_total": c["wall_seconds_total"],
         "env_steps_per_second": steps / wall if wall > 0 else 0.0,
         "exit_reason": exit_reason,
+        # Seconds from the launcher's process start: this node built (imports,
+        # state, restore), its first batch from replay, its first update done
+        # (compilation included).
+        "startup_seconds": self._startup.marks or None,
         "meta_learned_hyperparameters": self._last_hyperparameters or None,
         "resumed_from_env_steps": self._env_steps_at_start,
         "resumed_from_learner_steps": self._learner_steps_at_start,

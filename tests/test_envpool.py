@@ -87,10 +87,11 @@ def test_bad_envpool_input_names_the_field():
 
 
 def test_the_distributed_program_learns_cartpole_on_envpool(tmp_path):
-  run_dir = str(tmp_path / "run")
+  run_dir, cache = str(tmp_path / "run"), tmp_path / "jax_cache"
   code, out, left = helpers.run(
       helpers.train_command(run_dir, "--config=launch/configs/cartpole_impala.py",
-                            "--config.env_backend=envpool", "--config.max_env_steps=400000"),
+                            "--config.env_backend=envpool", "--config.max_env_steps=400000",
+                            f"--compilation_cache_dir={cache}"),
       timeout=600, env_overrides={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
   assert code == 0, out[-5000:]
   assert not left
@@ -98,3 +99,11 @@ def test_the_distributed_program_learns_cartpole_on_envpool(tmp_path):
   assert s["exit_reason"] == "max_env_steps" and s["env_errors"] == 0
   # Random actions average ~22; the gymnasium backend passes 300 by ~250k steps.
   assert s["episode_return_mean"] >= 300, s
+  # Start-up, from the launcher's process start, in the order it happens.
+  marks = s["startup_seconds"]
+  assert 0 < marks["learner_built"] <= marks["first_batch"] <= marks["first_learner_step"]
+  assert marks["first_learner_step"] < s["wall_seconds"] + marks["learner_built"] + 5
+  # The compiled update and policy are in the persistent cache for the next run.
+  names = [p.name for p in cache.iterdir()]
+  assert any(n.startswith("pmap_update") for n in names), names
+  assert any(n.startswith("jit_policy") for n in names), names
