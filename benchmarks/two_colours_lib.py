@@ -437,7 +437,8 @@ def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int
     phase, steps = group[0][0], group[0][3]
     settings = [j[1] for j in group]
     seeds = [j[2] for j in group]
-    key = agent_digest(settings[0].agent_extra) + "-".join(str(p) for p in settings[0].program) + f"-{steps}-" + "_".join(
+    key = (agent_digest(settings[0].agent_extra)
+           + "-".join(str(p) for p in settings[0].program) + f"-{steps}-") + "_".join(
         f"{s.lane_value:g}x{seed}" for s, seed in zip(settings, seeds))
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     partial = os.path.join(partial_dir or os.path.join(out, "_partial"), phase, f"{digest}.pkl")
