@@ -2,6 +2,7 @@ r"""The BMG paper's grid-world experiment, with the paper's protocol: writes RES
 
   python -m benchmarks.two_colours                    # tune, then the final runs (hours)
   python -m benchmarks.two_colours --phase=tune --methods=mg_ctx --max_minutes=60
+  python -m benchmarks.two_colours --phase=tune --methods=mg,bmg --ks=1   # part of a grid
   python -m benchmarks.two_colours --replot           # the table and plots from the shards
   python -m benchmarks.two_colours --speed            # steps/s per method -> BENCHMARKS.md
 
@@ -47,6 +48,9 @@ from envs import two_colours
 
 _PHASE = flags.DEFINE_enum("phase", "all", ["tune", "final", "all"], "Which part of the protocol.")
 _METHODS = flags.DEFINE_list("methods", None, "Subset of methods (default: all).")
+_KS = flags.DEFINE_list(
+    "ks", None, "Tune only these inner-step counts K of the meta grids now (default: all); "
+    "a method's final run waits until its whole grid is tuned.")
 _TUNE_STEPS = flags.DEFINE_integer("tune_steps", 1_000_000, "Env steps per tuning run.")
 _TUNE_SEEDS = flags.DEFINE_integer("tune_seeds", 2, "Seeds per tuning setting.")
 _FINAL_STEPS = flags.DEFINE_integer("final_steps", 10_000_000, "Env steps per final run.")
@@ -86,8 +90,9 @@ SPEED_SETTINGS = (
 def phase_jobs(phase: str, methods: Sequence[str], out: str) -> List[Tuple]:
   """(phase, setting, seed, steps) for every run of the phase."""
   if phase == "tune":
+    ks = {int(k) for k in _KS.value} if _KS.value else set(lib.KS)
     return [("tune", st, seed, _TUNE_STEPS.value) for m in methods for st in lib.grid(m)
-            for seed in range(_TUNE_SEEDS.value)]
+            if m == "fixed" or st.k in ks for seed in range(_TUNE_SEEDS.value)]
   best = lib.best_settings(out, methods)
   missing = [m for m in methods if m not in best]
   if missing:
@@ -168,6 +173,10 @@ def main(argv):
   unknown = [m for m in methods if m not in lib.METHODS]
   if unknown:
     raise app.UsageError(f"unknown method {unknown[0]!r} (known: {', '.join(lib.METHODS)})")
+  bad_ks = [k for k in _KS.value or () if not k.isdigit() or int(k) not in lib.KS]
+  if bad_ks:
+    raise app.UsageError(f"--ks: {bad_ks[0]!r} is not one of the grid's K "
+                         f"({', '.join(map(str, lib.KS))})")
   if _WORKERS.value < 1:
     raise app.UsageError("--workers must be at least 1")
   # XLA's CPU thunk runtime runs these small-op scans about 20% slower than
