@@ -44,7 +44,16 @@ def make_policy(network: networks_lib.Network, greedy: bool = False):
     action = dist.mode(logits) if greedy else dist.sample(sub, logits)
     return action.astype(dist.action_dtype), logits, state, key
 
-  return jax.jit(policy, backend="cpu")
+  if network.state_size:
+    return jax.jit(policy, backend="cpu")
+  # A feed-forward network ignores is_first and the state: not passing them
+  # saves two host-to-device copies per step (the actor's per-step cost is
+  # mostly such fixed overheads).
+  def policy_without_state(params, key, obs):
+    return policy(params, key, obs, None, None)
+
+  stateless = jax.jit(policy_without_state, backend="cpu")
+  return lambda params, key, obs, is_first, state: stateless(params, key, obs)
 
 
 
@@ -115,6 +124,8 @@ class EpisodeTracker:
     self._ret += np.where(live, reward, 0.0)
     self._len += live
     done = np.logical_or(terminated, truncated)
+    if not done.any():  # most steps: skip the indexing
+      return [], []
     finished = (self._ret[done].tolist(), self._len[done].tolist())
     self._ret[done] = 0.0
     self._len[done] = 0
@@ -123,6 +134,18 @@ class EpisodeTracker:
 
 def _no_stats() -> dict:
   return {"env_steps": 0, "returns": [], "lengths": [], "env_errors": 0}
+
+
+class _VersionColumn:
+  """The policy_version field of a step: one array per version, not one per step."""
+
+  def __init__(self, num_envs: int):
+    self._n, self._version, self._column = num_envs, None, None
+
+  def get(self, version: int) -> np.ndarray:
+    if version != self._version:
+      self._version, self._column = version, np.full(self._n, version, np.int32)
+    return self._column
 
 
 class EnvErrorCounter:
@@ -190,6 +213,7 @@ class Actor(core.Worker):
     last_report = t0 = time.monotonic()
     steps_at_last_report = 0
     vector_steps = 0
+    versions = _VersionColumn(n)
     try:
       while not stop.is_set() and (max_steps is None or vector_steps < max_steps):
         self._variables.update()
@@ -199,11 +223,13 @@ class Actor(core.Worker):
         step = Trajectory(
             observation=obs, action=action, reward=reward, discount=discount,
             is_first=is_first, behaviour_logits=np.asarray(logits),
-            policy_version=np.full(n, self._variables.version, np.int32), core_state=state)
+            policy_version=versions.get(self._variables.version), core_state=state)
         if self._network.state_size:  # a feed-forward network's is a constant zero
           state = np.asarray(next_state)
         if self._writer.append(step):
-          self._flush_until_written(stop)
+          # The unroll just queued stays in flight while the next one is
+          # acted; the one before must have reached the table (back-pressure).
+          self._flush_until_written(stop, in_flight=self._writer.items_per_unroll)
         try:
           obs, r, terminated, truncated, _ = self._env.step(action)
         except Exception as e:  # pylint: disable=broad-except
@@ -235,19 +261,21 @@ class Actor(core.Worker):
           self._publish(unreported, env_steps, (env_steps - steps_at_last_report) / (now - last_report))
           unreported = _no_stats()
           last_report, steps_at_last_report = now, env_steps
+      if not stop.is_set():  # a run that ended by max_steps delivers its last unroll
+        self._flush_until_written(stop)
     finally:
       if (unreported["env_steps"] or unreported["env_errors"]) and not stop.is_set():
         self._publish(unreported, env_steps, env_steps / max(time.monotonic() - t0, 1e-9))
       self._writer.close()
     return env_steps
 
-  def _flush_until_written(self, stop: threading.Event) -> None:
+  def _flush_until_written(self, stop: threading.Event, in_flight: int = 0) -> None:
     # A full queue blocks the flush (back-pressure from the learner); wake up
     # regularly so a stop request is seen.
     import reverb  # pylint: disable=g-import-not-at-top
     while not stop.is_set():
       try:
-        self._writer.flush(timeout_ms=500)
+        self._writer.flush(timeout_ms=500, in_flight=in_flight)
         return
       except reverb.errors.DeadlineExceededError:
         continue

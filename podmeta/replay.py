@@ -130,9 +130,15 @@ class UnrollWriter:
     self._t = 1
     return True
 
-  def flush(self, timeout_ms: Optional[int] = None) -> None:
-    """Blocks until queued items are in the table (raises DeadlineExceededError on timeout)."""
-    self._writer.flush(timeout_ms=timeout_ms)
+  @property
+  def items_per_unroll(self) -> int:
+    """Items one append that completes an unroll queues."""
+    return self._num_envs // self._group
+
+  def flush(self, timeout_ms: Optional[int] = None, in_flight: int = 0) -> None:
+    """Blocks until at most `in_flight` queued items are not yet in the table
+    (raises DeadlineExceededError on timeout)."""
+    self._writer.flush(block_until_num_items=in_flight, timeout_ms=timeout_ms)
 
   def close(self) -> None:
     try:
