@@ -2,18 +2,20 @@
 
 import os
 
-import matplotlib
-matplotlib.use("Agg")  # no display on training machines
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
-from podmeta import loggers  # noqa: E402
+from podmeta import loggers
 
 
 def plot_run(run_dir: str, path: str = None) -> str:
   """Writes learning_curve.png: return and throughput against env steps and,
   when hyperparameters are meta-learned, one panel per meta-parameter trace
   plus the meta-loss."""
+  # Imported here: matplotlib costs the learner process half a second at
+  # start-up, and the plot is only drawn when the run ends.
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")  # no display on training machines
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   path = path or os.path.join(run_dir, "learning_curve.png")
   learner = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
   evaluator = loggers.read_csv(os.path.join(run_dir, "logs", "evaluator.csv"))
