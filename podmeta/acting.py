@@ -16,7 +16,7 @@ import numpy as np
 from podmeta import core
 from podmeta import networks as networks_lib
 from podmeta import types
-from podmeta.replay import Trajectory, UnrollWriter
+from podmeta.types import Trajectory
 
 _FIRST_FETCH_TIMEOUT_SECONDS = 300.0
 
@@ -171,9 +171,11 @@ class EnvErrorCounter:
 
 
 class Actor(core.Worker):
-  """Steps a vector env with the latest policy and writes unrolls to replay."""
+  """Steps a vector env with the latest policy and writes unrolls to replay
+  (`writer`: a podmeta.replay.UnrollWriter; not imported here, so that the
+  evaluator, which shares the policy code, need not import Reverb)."""
 
-  def __init__(self, env, network: networks_lib.Network, variable_source, writer: UnrollWriter,
+  def __init__(self, env, network: networks_lib.Network, variable_source, writer,
                key: jax.Array, variable_update_period: int,
                report: Optional[Callable[..., Any]] = None, logger=None,
                report_every_seconds: float = 0.5,

@@ -3,7 +3,15 @@
 `make_program(config, run_dir)` is what both the launch script and the tests
 build, so tests run the same program a user does. `preflight` checks every
 input that can be checked before a node starts.
+
+Every node process of a local_mp run imports this module to build its node,
+so it imports at the top only what every node needs; the learner's modules
+(losses and rlax, the meta-update, checkpointing with orbax) and Reverb with
+TensorFlow are imported by the functions that use them. An actor then skips
+the learner's imports, and the evaluator TensorFlow as well.
 """
+
+from __future__ import annotations
 
 import dataclasses
 import datetime
@@ -16,18 +24,14 @@ import jax
 import numpy as np
 
 import envs
-from podmeta import losses
-from podmeta.checkpointing import Checkpointer
 from podmeta.config import Config
-from podmeta import learning
 from podmeta import loggers
 from podmeta.logging_setup import quiet_third_party_logs
 from podmeta import networks as networks_lib
 from podmeta import node_entry
-from podmeta import replay as replay_lib
 from podmeta import types
-from podmeta.meta import params as meta_params
-from podmeta.meta import update as meta_update
+
+# pylint: disable=g-import-not-at-top  (the heavy imports are in the functions: see above)
 
 # Seeds of the nodes are derived from config.seed with these offsets so that
 # actors, evaluator and learner never share a stream.
@@ -44,17 +48,20 @@ def make_network(config: Config, spec: envs.EnvSpec) -> networks_lib.Network:
 
 
 def make_optimizer(config: Config):
+  from podmeta import learning
   return learning.make_optimizer(config.optimizer, config.learning_rate, config.max_grad_norm,
                                  config.rmsprop_decay, config.optimizer_eps)
 
 
 def loss_hyperparams(config: Config) -> losses.LossHyperparams:
+  from podmeta import losses
   return losses.LossHyperparams(discount=config.discount, vtrace_lambda=config.vtrace_lambda,
                                 entropy_cost=config.entropy_cost,
                                 baseline_cost=config.baseline_cost)
 
 
 def loss_options(config: Config) -> losses.LossOptions:
+  from podmeta import losses
   return losses.LossOptions(clip_rho_threshold=config.clip_rho_threshold,
                             clip_pg_rho_threshold=config.clip_pg_rho_threshold,
                             max_abs_reward=config.max_abs_reward,
@@ -62,11 +69,11 @@ def loss_options(config: Config) -> losses.LossOptions:
 
 
 def unrolls_per_item(config: Config) -> int:
-  return replay_lib.unrolls_per_item(config.envs_per_actor, config.batch_size)
+  return types.unrolls_per_item(config.envs_per_actor, config.batch_size)
 
 
-def make_spec(config: Config, spec: envs.EnvSpec) -> replay_lib.Trajectory:
-  return replay_lib.trajectory_spec(spec.obs_shape, spec.obs_dtype, spec.num_actions,
+def make_spec(config: Config, spec: envs.EnvSpec) -> types.Trajectory:
+  return types.trajectory_spec(spec.obs_shape, spec.obs_dtype, spec.num_actions,
                                     config.unroll_length, unrolls_per_item(config),
                                     spec.continuous,
                                     networks_lib.state_size(config.core, config.core_size,
@@ -80,6 +87,7 @@ def outer_hyperparams(config: Config) -> losses.LossHyperparams:
 
 
 def make_parameterisation(config: Config) -> meta_params.Parameterisation:
+  from podmeta.meta import params as meta_params
   m = config.meta
   bounds = {name: meta_params.Bounded(p.init, p.low, p.high, p.transform)
             for name, p in m.hyperparams.items()}
@@ -96,8 +104,10 @@ def global_batch_size(config: Config) -> int:
 
 
 def make_update_and_state(config: Config, spec: envs.EnvSpec,
-                          axis_name: Optional[str] = learning.AXIS):
+                          axis_name: Optional[str] = types.DEVICE_AXIS):
   """The pure learner step for this config and the state it starts from."""
+  from podmeta import learning
+  from podmeta.meta import update as meta_update
   network, optimizer = make_network(config, spec), make_optimizer(config)
   key = jax.random.PRNGKey(config.seed * 7919 + _LEARNER_SEED)
   dummy_obs = np.zeros((1,) + spec.obs_shape, spec.obs_dtype)
@@ -121,15 +131,18 @@ def make_update_and_state(config: Config, spec: envs.EnvSpec,
 
 
 def make_learner(config: Config, spec: envs.EnvSpec, devices=None) -> learning.Learner:
+  from podmeta import learning
   update, state = make_update_and_state(config, spec)
   return learning.Learner(update, state, devices=devices)
 
 
 def make_checkpointer(config: Config, run_dir: str) -> Checkpointer:
+  from podmeta.checkpointing import Checkpointer
   return Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoints_to_keep)
 
 
 def make_tables(config: Config, spec: envs.EnvSpec):
+  from podmeta import replay as replay_lib
   return replay_lib.make_tables(
       make_spec(config, spec), replay=config.replay, max_size=config.replay_max_size,
       samples_per_insert=config.samples_per_insert, min_size=config.min_replay_size,
@@ -157,6 +170,7 @@ def vector_env(config: Config, num_envs: int, seed: int):
 def build_learner_node(config: Config, run_dir: str, replay_client, stop_program=None,
                        pod: bool = False):
   """The learner node; with `pod`, one of the lockstepped learners of a pod (podmeta.pod)."""
+  from podmeta import replay as replay_lib
   quiet_third_party_logs()
   from podmeta.learner_node import Budget, LearnerNode, PROGRESS_KEYS
   from podmeta.pod import HostSync, PodWatchdog
@@ -187,6 +201,7 @@ def build_learner_node(config: Config, run_dir: str, replay_client, stop_program
 
 
 def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_client, learner):
+  from podmeta import replay as replay_lib
   quiet_third_party_logs()
   from podmeta.acting import Actor
   spec = env_spec(config)

@@ -17,9 +17,10 @@ import optax
 from podmeta import core
 from podmeta import losses
 from podmeta import networks as networks_lib
+from podmeta import types
 from podmeta.types import Trajectory
 
-AXIS = "devices"
+AXIS = types.DEVICE_AXIS
 
 
 class LearnerState(NamedTuple):

@@ -12,7 +12,6 @@ actor's critical path (Python-side Reverb calls cost more than a CartPole
 step); `unrolls_per_item` divides the batch size, so batches are whole items.
 """
 
-import math
 import queue
 import threading
 from typing import Dict, List, Optional, Sequence
@@ -24,13 +23,9 @@ import reverb
 import tensorflow as tf
 
 from podmeta.types import Spec, Trajectory, per_unroll, trajectory_spec  # re-exported: the schema
+from podmeta.types import unrolls_per_item  # re-exported
 
 TABLE = "unrolls"
-
-
-def unrolls_per_item(envs_per_actor: int, batch_size: int) -> int:
-  """The largest group of an actor's envs that also divides the batch size."""
-  return math.gcd(envs_per_actor, batch_size)
 
 
 def reverb_signature(spec: Trajectory) -> Dict[str, tf.TensorSpec]:

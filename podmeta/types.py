@@ -6,9 +6,13 @@ buffer, so that code which only does math imports neither Reverb nor
 TensorFlow.
 """
 
+import math
 from typing import NamedTuple, Sequence
 
 import numpy as np
+
+# The name of the learner's pmap axis (podmeta.learning.AXIS).
+DEVICE_AXIS = "devices"
 
 
 class Trajectory(NamedTuple):
@@ -79,3 +83,8 @@ def zeros_batch(spec: Trajectory, batch_size: int) -> Trajectory:
   """A batch-major [batch_size, T+1, ...] batch of zeros for an item spec (time-major)."""
   return Trajectory(*[np.zeros((batch_size, s.shape[0]) + tuple(s.shape[2:]), s.dtype)
                       for s in spec])
+
+
+def unrolls_per_item(envs_per_actor: int, batch_size: int) -> int:
+  """The largest group of an actor's envs that also divides the batch size."""
+  return math.gcd(envs_per_actor, batch_size)
