@@ -74,10 +74,10 @@ def unrolls_per_item(config: Config) -> int:
 
 def make_spec(config: Config, spec: envs.EnvSpec) -> types.Trajectory:
   return types.trajectory_spec(spec.obs_shape, spec.obs_dtype, spec.num_actions,
-                                    config.unroll_length, unrolls_per_item(config),
-                                    spec.continuous,
-                                    networks_lib.state_size(config.core, config.core_size,
-                                                            config.shared_torso))
+                               config.unroll_length, unrolls_per_item(config),
+                               spec.continuous,
+                               networks_lib.state_size(config.core, config.core_size,
+                                                       config.shared_torso))
 
 
 def outer_hyperparams(config: Config) -> losses.LossHyperparams:
@@ -170,8 +170,8 @@ def vector_env(config: Config, num_envs: int, seed: int):
 def build_learner_node(config: Config, run_dir: str, replay_client, stop_program=None,
                        pod: bool = False):
   """The learner node; with `pod`, one of the lockstepped learners of a pod (podmeta.pod)."""
-  from podmeta import replay as replay_lib
   quiet_third_party_logs()
+  from podmeta import replay as replay_lib
   from podmeta.learner_node import Budget, LearnerNode, PROGRESS_KEYS
   from podmeta.pod import HostSync, PodWatchdog
   spec = env_spec(config)
@@ -201,8 +201,8 @@ def build_learner_node(config: Config, run_dir: str, replay_client, stop_program
 
 
 def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_client, learner):
-  from podmeta import replay as replay_lib
   quiet_third_party_logs()
+  from podmeta import replay as replay_lib
   from podmeta.acting import Actor
   spec = env_spec(config)
   # A restarted actor process (podmeta.supervisor) must not replay the
