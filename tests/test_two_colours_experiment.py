@@ -114,14 +114,18 @@ def test_mg_with_reward_context_answers_a_colour_swap_with_its_entropy_cost():
   """Luketina et al.'s observation (Sec. 6): with the reward context the
   meta-learned entropy cost rises at a colour swap, while the agent's reward
   is down, and falls again as the reward recovers (here the best MG +
-  context tuning setting of the clip-5 agent's protocol, seed 0, swaps at
-  100k and 200k steps)."""
+  context tuning setting of the clip-5 agent's protocol, swaps at 100k and
+  200k steps). Measured on the mean of seeds 0 and 1: one seed's run is
+  chaotic in its float rounding (the same seed, on another CPU or as one
+  lane instead of three, once rose by only 0.01 at its first swap)."""
   setting = lib.Setting("mg_ctx", meta_lr=1e-3, k=1, outer_entropy=0.1)
-  [run] = lib.run_lanes([setting], [0], steps=300_000, log_every=10_000, swap_every=100_000)
-  per = run["swap_every"] // run["point_steps"]
-  ec = np.asarray(run["entropy_cost"]).reshape(3, per)
-  reward = np.asarray(run["reward"]).reshape(3, per) / run["point_steps"]
-  jumps = report.swap_jumps(run)
+  runs = lib.run_lanes([setting] * 2, [0, 1], steps=300_000, log_every=10_000,
+                       swap_every=100_000)
+  per = runs[0]["swap_every"] // runs[0]["point_steps"]
+  ec = np.mean([np.reshape(r["entropy_cost"], (3, per)) for r in runs], axis=0)
+  reward = np.mean([np.reshape(r["reward"], (3, per)) for r in runs], axis=0)
+  reward /= runs[0]["point_steps"]
+  jumps = np.mean([report.swap_jumps(r) for r in runs], axis=0)
   assert len(jumps) == 2 and np.all(jumps > 0.05), jumps  # up at both swaps
   for period in (1, 2):  # the periods that start with a swap
     assert reward[period, -1] > reward[period, 0] + 0.1, reward  # the agent recovers
