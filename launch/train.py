@@ -126,15 +126,22 @@ def main(argv):
     launch_type = FLAGS.lp_launch_type or "local_mt"
     if launch_type not in ("local_mt", "local_mp"):
       raise ValueError(f"--lp_launch_type={launch_type} is not supported (use local_mt or local_mp)")
-    if pod.enabled and launch_type != "local_mt":
-      raise ValueError("a pod runs each host's nodes with --lp_launch_type=local_mt")
+    if pod.tpu and launch_type == "local_mp":
+      pod = pod_lib.resolve_tpu(pod)  # this launcher never joins: it asks the TPU runtime
+    if pod.enabled and config.inference == "accelerator":
+      # Its learner would pmap over this host's learner devices only.
+      raise ValueError("config field 'inference' = 'accelerator' runs on one host; a pod "
+                       "uses inference='cpu'")
     if pod.enabled and not _RUN_DIR.value:
       raise ValueError("a pod needs --run_dir, the same (shared) directory on every host")
     run_dir = _RUN_DIR.value or os.path.join(
         "runs", f"{os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS['config']) or _DEFAULT_CONFIG))[0]}"
                 f"-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = os.path.abspath(run_dir)
-    if pod.enabled and not pod_host.is_child():
+    # In local_mp only the learner node's process joins the pod (so a lost
+    # process 0 aborts that process, not this one, which reports it).
+    joins_here = pod.enabled and launch_type == "local_mt"
+    if joins_here and not pod_host.is_child():
       # The host's program runs in a child this process watches: see podmeta.pod_host.
       info = os.path.join(tempfile.gettempdir(), f"podmeta-pod-host-{os.getpid()}.json")
       try:
@@ -143,7 +150,7 @@ def main(argv):
         if os.path.exists(info):
           os.remove(info)
       _exit_now(code, run_atexit=False)
-    if pod.enabled:
+    if joins_here:
       pod_host.start_child()
       # Before anything touches a JAX backend.
       try:
@@ -154,9 +161,9 @@ def main(argv):
   except ValueError as e:
     _fail(str(e))
 
-  process_id = jax.process_index() if pod.enabled else 0
+  process_id = pod_lib.process_index(pod) if pod.enabled else 0
   host_dir = builder.host_run_dir(run_dir, process_id)
-  if pod.enabled:
+  if joins_here:
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
     pod_host.write_info(pod_host.HostInfo(
         process_id=process_id, num_processes=jax.process_count(),
@@ -164,17 +171,19 @@ def main(argv):
         host_dir=host_dir))
   builder.write_config(config, host_dir)
   logging.info("run directory: %s", host_dir)
-  program = builder.make_program(config, run_dir, pod=pod.enabled)
+  program = builder.make_program(config, run_dir, pod=pod if pod.enabled else None)
   started_at = time.time()
   if launch_type == "local_mp":
     outcome = _run_supervised(program, config, host_dir)
+    if pod.enabled and outcome.failed_node == "learner":
+      outcome = pod_host.explain_learner_failure(outcome, host_dir, pod, started_at)
   else:
     outcome = _run_threads(program)
   summary = supervisor.record_outcome(host_dir, outcome, started_at)
   if outcome.failure:
     print(f"podmeta: error: {outcome.failure}", file=sys.stderr)
     # Not jax.distributed's shutdown: its barrier waits ~100 s for a lost host, then aborts.
-    _exit_now(1, run_atexit=not pod.enabled)
+    _exit_now(1, run_atexit=not joins_here)
   if not summary:
     print(f"podmeta: error: the learner ended without writing {host_dir}/summary.json",
           file=sys.stderr)

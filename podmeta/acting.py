@@ -1,8 +1,10 @@
-"""The actor: a gymnasium vector env, a jitted policy on the CPU, and an unroll writer.
+"""The actor: a vector env, a jitted policy, and an unroll writer.
 
-Parameters are refreshed asynchronously: every `variable_update_period` vector
-steps the actor asks the learner for new ones and keeps acting with the old
-ones until the answer arrives.
+The policy runs on the CPU, or on an accelerator device given to the actor
+(`inference="accelerator"`: the actor is then a thread of the learner's
+process, Podracer's Sebulba). Parameters are refreshed asynchronously: every
+`variable_update_period` vector steps the actor asks the learner for new ones
+and keeps acting with the old ones until the answer arrives.
 """
 
 import threading
@@ -21,9 +23,10 @@ from podmeta.types import Trajectory
 _FIRST_FETCH_TIMEOUT_SECONDS = 300.0
 
 
-def make_policy(network: networks_lib.Network, greedy: bool = False):
+def make_policy(network: networks_lib.Network, greedy: bool = False, on_cpu: bool = True):
   """jit(params, key, obs[E, ...], is_first[E], state[E, S]) -> (actions[E, ...],
-  logits[E, P], next state, next key) on the CPU.
+  logits[E, P], next state, next key), on the CPU, or (`on_cpu=False`) on
+  the device that holds the params and key.
 
   Samples from the network's action distribution, or takes its mode (`greedy`).
   `state` is the core state before this step (reset where is_first); a
@@ -44,15 +47,16 @@ def make_policy(network: networks_lib.Network, greedy: bool = False):
     action = dist.mode(logits) if greedy else dist.sample(sub, logits)
     return action.astype(dist.action_dtype), logits, state, key
 
+  where = {"backend": "cpu"} if on_cpu else {}
   if network.state_size:
-    return jax.jit(policy, backend="cpu")
+    return jax.jit(policy, **where)
   # A feed-forward network ignores is_first and the state: not passing them
   # saves two host-to-device copies per step (the actor's per-step cost is
   # mostly such fixed overheads).
   def policy_without_state(params, key, obs):
     return policy(params, key, obs, None, None)
 
-  stateless = jax.jit(policy_without_state, backend="cpu")
+  stateless = jax.jit(policy_without_state, **where)
   return lambda params, key, obs, is_first, state: stateless(params, key, obs)
 
 
@@ -73,13 +77,15 @@ class VariableClient:
   `futures.get_variables()` returns a concurrent future.
   """
 
-  def __init__(self, source, update_period: int):
+  def __init__(self, source, update_period: int, device=None):
+    """The params are kept on `device` (default: this process's CPU)."""
     self._source = source
     self._period = update_period
+    self._device = device or _cpu()
     self._calls = 0
     self._future = None
     self.version, params = self._fetch_blocking()
-    self.params = jax.device_put(params, _cpu())
+    self.params = jax.device_put(params, self._device)
 
   def _fetch_blocking(self) -> Tuple[int, Any]:
     # The learner may still be starting (its server comes up after its state
@@ -98,7 +104,7 @@ class VariableClient:
     if self._future is not None and self._future.done():
       try:
         version, params = self._future.result()
-        self.version, self.params = version, jax.device_put(params, _cpu())
+        self.version, self.params = version, jax.device_put(params, self._device)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("parameter refresh failed: %s", e)
       self._future = None
@@ -108,7 +114,7 @@ class VariableClient:
         self._future = futures.get_variables()
       else:
         self.version, params = self._fetch_blocking()
-        self.params = jax.device_put(params, _cpu())
+        self.params = jax.device_put(params, self._device)
 
 
 class EpisodeTracker:
@@ -180,16 +186,16 @@ class Actor(core.Worker):
                report: Optional[Callable[..., Any]] = None, logger=None,
                report_every_seconds: float = 0.5,
                stop_event: Optional[threading.Event] = None,
-               max_consecutive_env_errors: int = 10):
+               max_consecutive_env_errors: int = 10, device=None):
     """An exception from `env.step` resets the env and is counted
     (`env_errors`); `max_consecutive_env_errors` of them in a row end the
-    actor with the last one."""
+    actor with the last one. The policy runs on `device` (default: the CPU)."""
     self._env = env
     self._network = network
-    self._policy = make_policy(network)
-    self._variables = VariableClient(variable_source, variable_update_period)
+    self._policy = make_policy(network, on_cpu=device is None)
+    self._variables = VariableClient(variable_source, variable_update_period, device)
     self._writer = writer
-    self._key = jax.device_put(key, _cpu())
+    self._key = jax.device_put(key, device or _cpu())
     self._report = report
     self._logger = logger
     self._report_every = report_every_seconds
@@ -297,6 +303,47 @@ class Actor(core.Worker):
         logging.warning("could not report actor stats: %s", e)
 
 
+class ActorThreads:
+  """Actors running on threads of this process until `stop` or a failure."""
+
+  def __init__(self, actors: Sequence[Actor]):
+    self._actors = list(actors)
+    self._threads = []
+    self._errors = []
+    self._stop = None
+
+  def start(self, stop: threading.Event) -> None:
+    self._stop = stop
+
+    def run_one(actor):
+      try:
+        actor.run(stop_event=stop)
+      except BaseException as e:  # pylint: disable=broad-except
+        self._errors.append(e)
+        logging.exception("actor thread failed")
+
+    self._threads = [threading.Thread(target=run_one, args=(a,), name=f"actor-{i}", daemon=True)
+                     for i, a in enumerate(self._actors)]
+    for t in self._threads:
+      t.start()
+
+  @property
+  def running(self) -> bool:
+    return any(t.is_alive() for t in self._threads)
+
+  def raise_failure(self) -> None:
+    """Re-raises the first actor's exception, if one has failed."""
+    if self._errors:
+      raise self._errors[0]
+
+  def stop(self, timeout_s: float = 30.0) -> None:
+    if self._stop is not None:
+      self._stop.set()
+    deadline = time.monotonic() + timeout_s
+    for t in self._threads:
+      t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
 class ActorGroup(core.Worker):
   """Several actors in one process, each on its own thread.
 
@@ -307,28 +354,15 @@ class ActorGroup(core.Worker):
   """
 
   def __init__(self, actors: Sequence[Actor]):
-    self._actors = list(actors)
+    self._threads = ActorThreads(actors)
 
   @core.names_failures("actor")
   def run(self) -> None:
     # Launchpad's stop event is only found from the node's own thread.
-    stop = core.resolve_stop_event(None)
-    errors = []
-
-    def run_one(actor):
-      try:
-        actor.run(stop_event=stop)
-      except BaseException as e:  # pylint: disable=broad-except
-        errors.append(e)
-        logging.exception("actor thread failed")
-
-    threads = [threading.Thread(target=run_one, args=(a,), name=f"actor-{i}", daemon=True)
-               for i, a in enumerate(self._actors)]
-    for t in threads:
-      t.start()
+    self._threads.start(core.resolve_stop_event(None))
     # A failed actor fails the node at once (as a lone actor would), rather
     # than after its siblings stop.
-    while any(t.is_alive() for t in threads) and not errors:
+    while self._threads.running:
+      self._threads.raise_failure()
       time.sleep(0.5)
-    if errors:
-      raise errors[0]
+    self._threads.raise_failure()

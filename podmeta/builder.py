@@ -18,18 +18,22 @@ import datetime
 import functools
 import json
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import jax
 import numpy as np
 
 import envs
+from podmeta import config as config_lib
 from podmeta.config import Config
 from podmeta import loggers
 from podmeta.logging_setup import quiet_third_party_logs
 from podmeta import networks as networks_lib
 from podmeta import node_entry
 from podmeta import types
+
+if TYPE_CHECKING:
+  from podmeta.pod import PodSpec
 
 # pylint: disable=g-import-not-at-top  (the heavy imports are in the functions: see above)
 
@@ -168,18 +172,26 @@ def vector_env(config: Config, num_envs: int, seed: int):
 
 
 def build_learner_node(config: Config, run_dir: str, replay_client, stop_program=None,
-                       pod: bool = False):
-  """The learner node; with `pod`, one of the lockstepped learners of a pod (podmeta.pod)."""
+                       pod: Optional[PodSpec] = None):
+  """The learner node; with `pod`, one of the lockstepped learners of a pod (podmeta.pod).
+
+  In local_mt the launcher has joined the pod already; in local_mp this
+  node's process is the one that joins, before anything touches a JAX backend.
+  """
   quiet_third_party_logs()
+  from podmeta import pod as pod_lib
+  if pod is not None and not pod_lib.joined():
+    pod_lib.initialize(pod)
   from podmeta import replay as replay_lib
   from podmeta.learner_node import Budget, LearnerNode, PROGRESS_KEYS
-  from podmeta.pod import HostSync, PodWatchdog
   spec = env_spec(config)
-  learner = make_learner(config, spec)
+  actor_devices, learner_devices = local_devices(config)
+  # CPU inference: the learner pmaps over every device (of every host of a pod).
+  learner = make_learner(config, spec, devices=learner_devices if actor_devices else None)
   address = replay_client.server_address
-  process_id = jax.process_index() if pod else 0
+  process_id = jax.process_index() if pod is not None else 0
   host_dir = host_run_dir(run_dir, process_id)
-  return LearnerNode(
+  node = LearnerNode(
       learner=learner,
       make_prefetcher=lambda: replay_lib.Prefetcher(address, config.batch_size,
                                                     unrolls_per_item(config), learner.devices,
@@ -196,11 +208,44 @@ def build_learner_node(config: Config, run_dir: str, replay_client, stop_program
       stop_program=stop_program,
       replay_stats=lambda: replay_lib.table_stats(replay_client, unrolls_per_item(config)),
       expect_eval=config.eval_episodes > 0 and process_id == 0,
-      host_sync=HostSync() if pod else None,
-      pod_watchdog=PodWatchdog() if pod else None)
+      host_sync=pod_lib.HostSync() if pod is not None else None,
+      pod_watchdog=pod_lib.PodWatchdog() if pod is not None else None)
+  if actor_devices:
+    node.attach_actors(_actor_threads(config, learner, node, replay_client, host_dir,
+                                      actor_devices))
+  return node
 
 
-def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_client, learner):
+def local_devices(config: Config):
+  """(the actors' devices, the learner's devices) of this process, by config.inference."""
+  devices = jax.local_devices()
+  actor_ids, learner_ids = config_lib.device_assignment(
+      config.inference, config.actor_device_ids, config.learner_device_ids, len(devices))
+  return [devices[i] for i in actor_ids], [devices[i] for i in learner_ids]
+
+
+def _actor_threads(config: Config, learner, node, replay_client, host_dir: str, devices):
+  """inference="accelerator": the host's actors as threads of the learner's
+  process, their policies spread over the acting devices (Sebulba)."""
+  from podmeta import learning
+  from podmeta.acting import ActorThreads
+  source = learning.OnDeviceVariables(learner)
+  return ActorThreads([
+      build_actor(config, actor_id, host_dir, replay_client, node, variable_source=source,
+                  device=devices[i % len(devices)])
+      for i, actor_id in enumerate(_actor_ids(config, jax.process_index()))])
+
+
+def _actor_ids(config: Config, process_id: int):
+  # Unique across the pod: they seed the actors' envs.
+  return [process_id * config.num_actors + i for i in range(config.num_actors)]
+
+
+def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_client, learner,
+                variable_source=None, device=None):
+  """An actor fed by `learner` (a courier client, or the LearnerNode itself),
+  its parameters from `variable_source` (default: the learner), its policy on
+  `device` (default: the CPU)."""
   quiet_third_party_logs()
   from podmeta import replay as replay_lib
   from podmeta.acting import Actor
@@ -212,11 +257,11 @@ def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_cl
   env = vector_env(config, config.envs_per_actor, seed)
   report = learner.futures.report_actor if hasattr(learner, "futures") else learner.report_actor
   return Actor(
-      env=env, network=make_network(config, spec), variable_source=learner,
+      env=env, network=make_network(config, spec), variable_source=variable_source or learner,
       writer=replay_lib.UnrollWriter(replay_client, make_spec(config, spec), config.envs_per_actor),
       key=jax.random.PRNGKey(seed), variable_update_period=config.variable_update_period,
       report=report, max_consecutive_env_errors=config.max_consecutive_env_errors,
-      logger=loggers.make_logger(run_dir, f"actor_{actor_id}", "actor_env_steps"))
+      logger=loggers.make_logger(run_dir, f"actor_{actor_id}", "actor_env_steps"), device=device)
 
 
 def build_actor_group(config: Config, actor_ids, run_dir: Optional[str], replay_client,
@@ -245,16 +290,18 @@ def _lp_stop():
   lp.stop()
 
 
-def make_program(config: Config, run_dir: str, pod: bool = False):
+def make_program(config: Config, run_dir: str, pod: Optional[PodSpec] = None):
   """The Launchpad program: replay, learner, `num_actors` actors, evaluator.
 
-  With `pod` (after `podmeta.pod.initialize`), this host's part of a pod:
-  its learner is pmapped over the whole pod, its actors feed its own replay
-  and learner, and only process 0 runs the evaluator and writes checkpoints.
+  With `pod`, this host's part of a pod: its learner is pmapped over the
+  whole pod, its actors feed its own replay and learner, and only process 0
+  runs the evaluator and writes checkpoints. Its learner node joins the pod
+  (`podmeta.pod.initialize`) unless this process has already.
   """
   import launchpad as lp
+  from podmeta import pod as pod_lib
   spec = env_spec(config)
-  process_id = jax.process_index() if pod else 0
+  process_id = pod_lib.process_index(pod) if pod is not None else 0
   host_dir = host_run_dir(run_dir, process_id)
   program = lp.Program("podmeta")
   with program.group("replay"):
@@ -266,16 +313,18 @@ def make_program(config: Config, run_dir: str, pod: bool = False):
     # Bounded calls: a call left waiting on a learner that has shut down would
     # otherwise block its client's destructor, and so the process exit.
     learner.set_client_kwargs(call_timeout=datetime.timedelta(seconds=_CALL_TIMEOUT_SECONDS))
-  with program.group("actor"):
-    # Actor ids are unique across the pod: they seed the actors' envs.
-    ids = [process_id * config.num_actors + i for i in range(config.num_actors)]
-    for first in range(0, len(ids), config.actors_per_node):
-      group = ids[first:first + config.actors_per_node]
-      if len(group) == 1:
-        program.add_node(lp.CourierNode(build_actor, config, group[0], host_dir, replay, learner))
-      else:
-        program.add_node(lp.CourierNode(build_actor_group, config, group, host_dir, replay,
-                                        learner))
+  # With inference on an accelerator the actors are threads of the learner's process.
+  if config.inference == "cpu":
+    ids = _actor_ids(config, process_id)
+    with program.group("actor"):
+      for first in range(0, len(ids), config.actors_per_node):
+        group = ids[first:first + config.actors_per_node]
+        if len(group) == 1:
+          program.add_node(lp.CourierNode(build_actor, config, group[0], host_dir, replay,
+                                          learner))
+        else:
+          program.add_node(lp.CourierNode(build_actor_group, config, group, host_dir, replay,
+                                          learner))
   if config.eval_episodes > 0 and process_id == 0:
     with program.group("evaluator"):
       program.add_node(lp.CourierNode(build_evaluator, config, run_dir, learner))
@@ -288,7 +337,11 @@ def preflight(config: Config, run_dir: str, num_devices: Optional[int] = None) -
   """Raises ValueError with a one-line message for any input that cannot work."""
   envs.check_env_id(config.env_id, config.env_backend)
   spec = env_spec(config)
-  n = num_devices or jax.local_device_count()
+  # Raises for a device index this process lacks.
+  _, learner_ids = config_lib.device_assignment(
+      config.inference, config.actor_device_ids, config.learner_device_ids,
+      num_devices or jax.local_device_count())
+  n = len(learner_ids)
   chunks = config.meta.batch_chunks
   if config.batch_size % (n * chunks):
     raise ValueError(

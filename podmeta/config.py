@@ -8,7 +8,7 @@ downstream never mutates it.
 
 import dataclasses
 import json
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Sequence, Tuple
 
 from podmeta.meta.config import MetaConfig
 from podmeta.validation import coerce
@@ -16,6 +16,7 @@ from podmeta.validation import coerce
 _OPTIMIZERS = ("adam", "rmsprop", "sgd")
 _TORSOS = ("mlp", "conv", "impala_deep")
 ENV_BACKENDS = ("gymnasium", "envpool")
+INFERENCE = ("cpu", "accelerator")
 # Choices that podmeta.networks also checks against (it imports them from here).
 GAUSSIAN_STDS = ("learned", "state")
 CORES = ("none", "lstm")
@@ -53,6 +54,19 @@ class Config:
   seed: int = 0
   # How many actor steps (vector steps) between parameter requests.
   variable_update_period: int = 10
+  # Where the actors' policy runs. "cpu": actor nodes of their own, each
+  # evaluating its policy on its CPU. "accelerator" (Podracer's Sebulba): the
+  # num_actors actors are threads of the learner's process, stepping their envs
+  # on the CPU and evaluating the policy in batches on the acting devices
+  # (actor_device_ids), with parameters copied device to device, never through
+  # the host; the learner uses learner_device_ids. EnvPool envs step outside
+  # the GIL, gymnasium's inside it.
+  inference: str = "cpu"
+  # Indices into this process's devices. Empty with inference="accelerator":
+  # the actors take the last device and the learner the others (all of them
+  # on a single-device machine, which they then share).
+  actor_device_ids: Tuple[int, ...] = ()
+  learner_device_ids: Tuple[int, ...] = ()
 
   # Network.
   # "mlp"; "conv" (IMPALA's shallow conv torso) or "impala_deep" (its ResNet), for images.
@@ -159,6 +173,27 @@ class Config:
     _validate(self)
 
 
+def device_assignment(inference: str, actor_device_ids: Sequence[int],
+                      learner_device_ids: Sequence[int],
+                      num_devices: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+  """(actor device indices, learner device indices) on a process with `num_devices`.
+
+  With CPU inference the actors have none and the learner takes every device.
+  Raises ValueError naming the field whose index does not exist.
+  """
+  if inference != "accelerator":
+    return (), tuple(range(num_devices))
+  for field, ids in (("actor_device_ids", actor_device_ids),
+                     ("learner_device_ids", learner_device_ids)):
+    if any(i >= num_devices for i in ids):
+      raise ValueError(f"config field {field!r} names a device this process does not have "
+                       f"(it has {num_devices}; got {tuple(ids)!r})")
+  actors = tuple(actor_device_ids) or (num_devices - 1,)
+  learner = tuple(learner_device_ids) or (
+      tuple(i for i in range(num_devices) if i not in actors) or actors)
+  return actors, learner
+
+
 def _validate(c: Config) -> None:
   def require(ok: bool, field: str, why: str):
     if not ok:
@@ -184,6 +219,13 @@ def _validate(c: Config) -> None:
   require(c.max_consecutive_env_errors >= 1, "max_consecutive_env_errors", "must be at least 1")
   require(c.envs_per_actor >= 1, "envs_per_actor", "must be at least 1")
   require(c.variable_update_period >= 1, "variable_update_period", "must be at least 1")
+  require(c.inference in INFERENCE, "inference", f"must be one of {INFERENCE}")
+  for field in ("actor_device_ids", "learner_device_ids"):
+    ids = getattr(c, field)
+    require(all(isinstance(i, int) and i >= 0 for i in ids) and len(set(ids)) == len(ids),
+            field, "must be distinct device indices (non-negative integers)")
+    require(c.inference == "accelerator" or not ids, field,
+            "places the actors' policy and the learner only with inference='accelerator'")
   require(c.torso in _TORSOS, "torso", f"must be one of {_TORSOS}")
   require(len(c.hidden_sizes) >= 1 and all(h >= 1 for h in c.hidden_sizes),
           "hidden_sizes", "must be a non-empty tuple of positive sizes")

@@ -17,7 +17,8 @@ class VariableSource(abc.ABC):
 
   @abc.abstractmethod
   def get_variables(self) -> Tuple[int, Any]:
-    """Returns (version, params) with params as host (numpy) arrays.
+    """Returns (version, params) with params as host (numpy) arrays (or, from
+    a source in the caller's own process, as device arrays).
 
     The version is the learner step that produced the parameters; actors tag
     their data with it so the learner can measure policy lag.

@@ -276,6 +276,13 @@ class LearnerNode(core.Worker, core.VariableSource):
     self._learner_steps_at_start = self._learner.step_count
     self._startup = core.StartupClock()
     self._startup.mark("learner_built")
+    self._actor_threads = None
+
+  def attach_actors(self, actor_threads) -> None:
+    """Actors that run in this process (a podmeta.acting.ActorThreads; inference
+    on an accelerator): they start with the learner's loop and stop with it,
+    and one that fails fails the learner."""
+    self._actor_threads = actor_threads
 
   # -- courier API ----------------------------------------------------------
 
@@ -304,8 +311,12 @@ class LearnerNode(core.Worker, core.VariableSource):
     exit_reason, item = None, None
     if self._pod_watchdog is not None:
       self._pod_watchdog.start(self._pod_host_lost)
+    if self._actor_threads is not None:
+      self._actor_threads.start(threading.Event())
     try:
       while True:
+        if self._actor_threads is not None:
+          self._actor_threads.raise_failure()
         # On a pod every host takes the same decisions at the same iteration
         # (see podmeta.pod): a host that stepped alone would wait forever in
         # the update's collectives.
@@ -352,6 +363,7 @@ class LearnerNode(core.Worker, core.VariableSource):
       # checkpoint is written, and summary.json must say what a resume gets.
       final = self._counters(wall)
       cleanup_error = _run_each([
+          ("stop the actors", self._actor_threads.stop if self._actor_threads else None),
           ("close the replay reader", prefetcher.close),
           ("log the last metrics", last_row),
           ("write the final checkpoint", lambda: self._save(wall, final)),

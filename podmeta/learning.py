@@ -201,6 +201,17 @@ class Learner(core.VariableSource, core.Saveable):
         self._cached = (version, unreplicate(state.params))
       return self._cached
 
+  def get_device_variables(self) -> Tuple[int, Any]:
+    """(version, params) as arrays on the first learner device, never via the host.
+
+    For actors in this process (inference on an accelerator): they copy them
+    device to device.
+    """
+    with self._lock:
+      state, version = self._state, self._steps
+    # Indexing a pmapped array by device is a view of that device's buffer.
+    return version, jax.tree.map(lambda x: x[0], state.params)
+
   def save(self) -> LearnerState:
     return unreplicate(self._state)
 
@@ -243,3 +254,13 @@ def _check_same_structure(expected, got) -> None:
     if np.shape(e) != np.shape(g):
       raise ValueError(
           f"checkpoint does not match this network/optimizer (shape {np.shape(g)} != {np.shape(e)})")
+
+
+class OnDeviceVariables(core.VariableSource):
+  """The learner's parameters on its device, for actors in its own process."""
+
+  def __init__(self, learner: Learner):
+    self._learner = learner
+
+  def get_variables(self) -> Tuple[int, Any]:
+    return self._learner.get_device_variables()

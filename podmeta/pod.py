@@ -38,6 +38,35 @@ class PodSpec:
     return self.tpu or self.num_processes > 1
 
 
+def joined() -> bool:
+  """Whether this process has joined a pod (`initialize` has run in it)."""
+  return _distributed_client() is not None
+
+
+def process_index(spec: PodSpec) -> int:
+  """This host's index in the pod: JAX's once joined, else the spec's.
+
+  A local_mp launcher never joins (only its learner node's process does), so
+  it builds the program from the spec's index.
+  """
+  return jax.process_index() if joined() else spec.process_id
+
+
+def resolve_tpu(spec: PodSpec) -> PodSpec:
+  """The TPU runtime's coordinator, process count and this host's index, without joining.
+
+  A local_mp launcher needs them (its learner node joins the pod, with the
+  same detection JAX's `jax.distributed.initialize()` uses).
+  """
+  from jax._src import clusters  # pylint: disable=g-import-not-at-top
+  address, n, i, _ = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+      None, None, None, None, None, 300)
+  if None in (address, n, i):
+    raise ValueError("--pod_tpu: no TPU pod found on this machine (JAX's cluster detection "
+                     "found no coordinator, process count or index)")
+  return dataclasses.replace(spec, coordinator_address=address, num_processes=n, process_id=i)
+
+
 def initialize(spec: PodSpec) -> Tuple[int, int]:
   """Joins the pod; returns (process_index, process_count). Call before any JAX computation."""
   if spec.tpu:

@@ -1,7 +1,7 @@
-"""A pod host's program under a watching parent process.
+"""A pod host's learner under a watching process.
 
-On a pod, each host's learner, replay and actors run as threads of one
-process (`local_mt`). When process 0 dies, jax.distributed's client in every
+On a pod host run with `local_mt`, the learner, replay and actors are threads
+of one process, the one that joins the pod. When process 0 dies, jax.distributed's client in every
 other process aborts its process at once (SIGABRT, "the JAX distributed
 service detected fatal errors"): the coordination service lived in process 0,
 and JAX 0.6.2 gives no hook to act instead. The process cannot say which host
@@ -12,6 +12,10 @@ that exits reports for itself; one killed by a signal is reported here: if the
 pod's coordinator no longer answers, process 0 is the host that was lost
 (`exit_reason: "pod_host_lost"`, `lost_process: 0`), otherwise the learner's
 process died. Either way one `podmeta: error:` line and exit code 1.
+
+With `local_mp` only the learner node's process joins the pod, so the
+launcher, its supervisor, is already the watching process:
+`explain_learner_failure` turns its learner's death into the same verdicts.
 """
 
 import dataclasses
@@ -106,10 +110,8 @@ def run(command: List[str], info_path: str) -> int:
     print(f"podmeta: error: {message}", file=sys.stderr)
     return 1
   if info.process_id != 0 and not _reachable(info.coordinator_address):
-    outcome = supervisor.Outcome(
-        failed_node="pod_host", lost_process=0,
-        failure=(f"pod process 0 lost (its coordinator {info.coordinator_address} does not "
-                 f"answer; this host's JAX runtime ended the process: {how})"))
+    outcome = _process_0_lost(supervisor.Outcome(), info.coordinator_address,
+                              f"this host's JAX runtime ended the process: {how}")
   else:
     outcome = supervisor.Outcome(failed_node="learner", failure=f"learner died ({how})")
   try:
@@ -118,3 +120,38 @@ def run(command: List[str], info_path: str) -> int:
     logging.warning("could not write %s/summary.json: %s", info.host_dir, e)
   print(f"podmeta: error: {outcome.failure}", file=sys.stderr)
   return 1
+
+
+def _process_0_lost(outcome: supervisor.Outcome, coordinator_address: str,
+                    how: str) -> supervisor.Outcome:
+  return dataclasses.replace(
+      outcome, failed_node="pod_host", lost_process=0,
+      failure=f"pod process 0 lost (its coordinator {coordinator_address} does not answer; {how})")
+
+
+def explain_learner_failure(outcome: supervisor.Outcome, host_dir: str, spec,
+                            started_at: float) -> supervisor.Outcome:
+  """local_mp on a pod: what the failure of this host's learner node says about the pod.
+
+  Only the learner's process joins the pod there, so the launcher survives
+  what ends it. A learner whose watchdog found a lost host wrote that verdict
+  to summary.json and exited 1; one killed by a signal while process 0's
+  coordinator no longer answers was aborted by JAX because process 0 was
+  lost. Otherwise the learner itself failed, as `outcome` says.
+  """
+  path = os.path.join(host_dir, "summary.json")
+  try:
+    if os.path.getmtime(path) >= started_at:
+      with open(path) as f:
+        summary = json.load(f)
+      if summary.get("exit_reason") == "pod_host_lost":
+        return dataclasses.replace(outcome, failed_node="pod_host",
+                                   lost_process=summary.get("lost_process"),
+                                   failure=summary.get("error") or outcome.failure)
+  except (OSError, ValueError):
+    pass  # no verdict of its own
+  if (spec.process_id != 0 and spec.coordinator_address
+      and not _reachable(spec.coordinator_address)):
+    return _process_0_lost(outcome, spec.coordinator_address,
+                           f"JAX's runtime ended this host's learner: {outcome.failure}")
+  return outcome

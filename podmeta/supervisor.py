@@ -14,7 +14,9 @@ child, so its exit status is known the moment it ends:
   and started again, up to `max_restarts` restarts in all; a program left
   with no actor fails;
 * each node gets SIGTERM from the kernel if the launcher dies
-  (`podmeta.node_entry`).
+  (`podmeta.node_entry`);
+* only the learner's process may open an accelerator: the others run JAX
+  with `JAX_PLATFORMS=cpu`.
 
 SIGINT or SIGTERM to the launcher (also what a node's `lp.stop()` sends)
 asks every node to stop; a second SIGINT kills them at once.
@@ -120,11 +122,15 @@ class Supervisor:
     for command, group in zip(commands, groups):
       index = command.title.split("/")[-1]
       name = group if groups.count(group) == 1 else f"{group}_{index}"
+      # Only the learner computes on the accelerator: another process opening
+      # it would take memory JAX preallocates for the learner, or on a TPU
+      # find the chips held already.
+      platform = {} if group == "learner" else {"JAX_PLATFORMS": "cpu"}
       self._nodes.append(_Node(
           name=name, group=group,
           command=[command.command_as_list[0], "-m", node_entry.__name__,
                    *command.command_as_list[1:]],
-          env={**os.environ, **command.env_overrides,
+          env={**os.environ, **command.env_overrides, **platform,
                node_entry.LAUNCHER_PID_ENV: str(os.getpid())}))
     self._max_restarts = max_restarts
     self._notice = termination_notice_secs

@@ -49,8 +49,7 @@ def _run_and_check(cmd, must_mention, env_overrides=None):
     (["--pod_num_processes=2"], "--pod_coordinator"),
     (["--pod_num_processes=2", "--pod_process_id=2", "--pod_coordinator=localhost:1"],
      "--pod_process_id"),
-    (["--pod_num_processes=2", "--pod_coordinator=localhost:1", "--lp_launch_type=local_mp"],
-     "local_mt"),
+    (["--pod_tpu", "--lp_launch_type=local_mp"], "no TPU pod found"),
 ])
 def test_bad_flags_and_config(tmp_path, args, must_mention):
   run_dir = tmp_path / "run"

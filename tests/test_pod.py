@@ -15,6 +15,9 @@ TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 SMALL = ["--num_actors=1", "--config.envs_per_actor=8", "--config.batch_size=16",
          "--config.unroll_length=10", "--config.max_env_steps=0", "--config.eval_episodes=2",
          "--config.eval_every_seconds=2", "--config.log_every_seconds=1"]
+# The local_mp pod's learning run: pod-wide env steps, and the mean training return both
+# hosts' actors must reach by then (random play: ~22; measured: 175 and 202).
+_LEARN_STEPS, _LEARN_RETURN = 400_000, 100
 
 
 def _free_port() -> int:
@@ -36,13 +39,14 @@ def _run_pod(run_dir, learner_steps):
   return [helpers.summary(run_dir), helpers.summary(os.path.join(run_dir, "hosts", "1"))]
 
 
-def _start_long_pod(run_dir):
+def _start_long_pod(run_dir, launch_types=("local_mt", "local_mt")):
   """Two hosts training with no budget in sight, once the learner has stepped."""
   port = _free_port()
   procs = [helpers.start(helpers.train_command(
       run_dir, f"--pod_coordinator=localhost:{port}", "--pod_num_processes=2",
-      f"--pod_process_id={i}", *SMALL, "--config.max_learner_steps=100000"),
-      env_overrides=TWO_DEVICES) for i in range(2)]
+      f"--pod_process_id={i}", f"--lp_launch_type={launch_type}", *SMALL,
+      "--config.max_learner_steps=100000"),
+      env_overrides=TWO_DEVICES) for i, launch_type in enumerate(launch_types)]
   assert helpers.wait_for_learner_steps(run_dir, 5, 180, procs[0]), "the pod never trained"
   return procs
 
@@ -105,10 +109,12 @@ def test_sigterm_on_one_host_stops_the_whole_pod(tmp_path):
 
 
 def test_a_killed_host_ends_the_others_with_an_error_naming_it(tmp_path):
+  """The survivor runs local_mp: its learner's process finds the host lost and
+  ends; its launcher reports that verdict (podmeta.pod_host.explain_learner_failure)."""
   import signal
   import time
   run_dir = str(tmp_path / "run")
-  procs = _start_long_pod(run_dir)
+  procs = _start_long_pod(run_dir, ("local_mp", "local_mt"))
   _wait_for_checkpoint(run_dir)
   os.killpg(procs[1].pid, signal.SIGKILL)  # host 1 and everything on it
   killed_at = time.time()
@@ -147,3 +153,86 @@ def test_a_killed_process_0_ends_the_others_with_an_error_naming_it(tmp_path):
   # Process 0's newest checkpoint, written before it died, is what a resume uses.
   helpers.finish(procs[0], timeout=10)
   assert any(d.isdigit() for d in os.listdir(checkpoints))
+
+
+def _environ(pid: int) -> dict:
+  with open(f"/proc/{pid}/environ", "rb") as f:
+    pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+  return {k.decode(): v.decode(errors="replace") for k, v in pairs}
+
+
+def test_two_local_mp_hosts_learn_cartpole_with_the_pods_counters(tmp_path):
+  """Each host runs its learner in the process that joins the pod and its
+  actors as processes of their own, on the CPU."""
+  import json
+  run_dir = str(tmp_path / "run")
+  port = _free_port()
+  procs = [helpers.start(helpers.train_command(
+      run_dir, "--config=launch/configs/cartpole_impala.py", "--lp_launch_type=local_mp",
+      f"--pod_coordinator=localhost:{port}", "--pod_num_processes=2", f"--pod_process_id={i}",
+      "--num_actors=1", "--config.batch_size=16", f"--config.max_env_steps={_LEARN_STEPS}",
+      "--config.eval_every_seconds=5"),
+      # JAX's own platform choice (the suite's conftest pins cpu), which the
+      # learner keeps and the other nodes do not.
+      env_overrides={"XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+                     "JAX_PLATFORMS": ""})
+      for i in range(2)]
+  host_dirs = [run_dir, os.path.join(run_dir, "hosts", "1")]
+  assert helpers.wait_for_learner_steps(run_dir, 5, 180, procs[0]), "the pod never trained"
+  for host_dir in host_dirs:
+    with open(os.path.join(host_dir, "nodes.json")) as f:
+      pids = json.load(f)
+    assert {"learner", "replay", "actor"} <= set(pids), pids
+    assert _environ(pids["learner"]).get("JAX_PLATFORMS") == ""
+    assert _environ(pids["actor"]).get("JAX_PLATFORMS") == "cpu"
+  results = [helpers.finish(p, timeout=300) for p in procs]
+  for code, out, left in results:
+    assert code == 0, out[-5000:]
+    assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  host0, host1 = [helpers.summary(d) for d in host_dirs]
+  for s in (host0, host1):
+    assert s["exit_reason"] == "max_env_steps"
+    assert s["pod"]["num_processes"] == 2
+    # Each host's actors learn from the pod's one policy.
+    assert s["episode_return_mean"] >= _LEARN_RETURN, s
+  # One set of counters: the budget is the pod's env steps, reached at the same step.
+  assert host0["learner_steps"] == host1["learner_steps"]
+  assert host0["env_steps"] == host1["env_steps"] == host0["pod"]["env_steps"] >= _LEARN_STEPS
+  assert host0["params_sha256"] == host1["params_sha256"]
+  assert host0["latest_checkpoint_step"] == host0["learner_steps"]
+  assert host1["latest_checkpoint_step"] is None
+  assert not os.path.exists(os.path.join(host_dirs[1], "checkpoints"))
+
+
+def test_a_local_mp_hosts_launcher_names_the_lost_host_from_its_learners_death(tmp_path):
+  """local_mp: the launcher outlives its learner's process, the one in the pod."""
+  import json
+  import time
+  from podmeta import pod_host
+  from podmeta import supervisor
+  from podmeta.pod import PodSpec
+  started_at = time.time() - 1.0  # file times are coarser than time.time()
+  died = supervisor.Outcome(failed_node="learner", failure="learner died (killed by SIGABRT)",
+                            actor_restarts=1)
+  nobody = f"localhost:{_free_port()}"  # nothing listens there: process 0 is gone
+  host1 = PodSpec(coordinator_address=nobody, num_processes=2, process_id=1)
+  verdict = pod_host.explain_learner_failure(died, str(tmp_path), host1, started_at)
+  assert (verdict.exit_reason, verdict.lost_process, verdict.actor_restarts) == (
+      "pod_host_lost", 0, 1)
+  assert verdict.failure == (f"pod process 0 lost (its coordinator {nobody} does not answer; "
+                             "JAX's runtime ended this host's learner: learner died (killed by "
+                             "SIGABRT))")
+  # Process 0 itself: its learner died, whatever the coordinator says.
+  host0 = PodSpec(coordinator_address=nobody, num_processes=2, process_id=0)
+  assert pod_host.explain_learner_failure(died, str(tmp_path), host0, started_at) == died
+  # The learner's own watchdog named the lost host in this run's summary.json.
+  exited = supervisor.Outcome(failed_node="learner", failure="learner died (exit code 1)")
+  with open(tmp_path / "summary.json", "w") as f:
+    json.dump({"exit_reason": "pod_host_lost", "lost_process": 1,
+               "error": "pod process 1 lost (no heartbeat for 20 s)"}, f)
+  verdict = pod_host.explain_learner_failure(exited, str(tmp_path), host0, started_at)
+  assert (verdict.exit_reason, verdict.lost_process, verdict.failure) == (
+      "pod_host_lost", 1, "pod process 1 lost (no heartbeat for 20 s)")
+  # A previous run's summary says nothing about this one.
+  os.utime(tmp_path / "summary.json", (started_at - 60, started_at - 60))
+  assert pod_host.explain_learner_failure(exited, str(tmp_path), host0, started_at) == exited
