@@ -6,7 +6,11 @@ Python envs, EnvPool's C++ envs):
   (b) one actor's rate: env + jitted policy + Reverb writes (in-process server),
   (c) the learner's consumption rate: env steps/s through the pmapped update alone,
   (d) end-to-end env steps/s of the whole program for several actor counts and
-      both local launch modes (steady state, from the learner's log).
+      both local launch modes (steady state, from the learner's log), and with
+      the policy evaluated on an acting device (`inference=accelerator`: actor
+      threads in the learner's process, here on 2 forced CPU devices, one for
+      acting and one for learning: the code path an accelerator runs).
+  (e) the round trips alone of an inference server fed by actor processes.
 Writes benchmarks/results/throughput.{json,png} and the table in
 BENCHMARKS.md (between its markers).
 
@@ -33,6 +37,8 @@ _CONFIG = flags.DEFINE_string("config", "launch/configs/cartpole_impala.py", "Co
 _NUM_ACTORS = flags.DEFINE_list("num_actors", ["1", "2", "4"], "Actor counts for (d).")
 _MODES = flags.DEFINE_list("modes", ["local_mt", "local_mp"], "Launch modes for (d).")
 _BACKENDS = flags.DEFINE_list("backends", ["gymnasium", "envpool"], "Env backends (a, b, d).")
+_INFERENCE = flags.DEFINE_list("inference", ["cpu", "accelerator"],
+                               "Where the policy runs in (d); accelerator runs local_mp only.")
 _SECONDS = flags.DEFINE_float("seconds", 40.0, "Length of each end-to-end run.")
 _WARMUP = flags.DEFINE_float("warmup", 12.0, "Seconds of each run ignored (start-up, compile).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for the JSON and the plot.")
@@ -113,6 +119,46 @@ def actor_rate(config, seconds=8.0):
   return (size1 - size0) * builder.unrolls_per_item(config) * config.unroll_length / elapsed
 
 
+def inference_server_rate(config, seconds=5.0):
+  """(e) The other way to batch inference: an actor sends each vector step's
+  observations to a server (courier, as Launchpad's nodes talk) that runs the
+  policy and answers with the actions. Its round trips alone, with no env
+  stepped and the policy on the server's CPU, in env steps/s: the ceiling of
+  an actor fed that way."""
+  import jax
+  from courier.python import client as courier_client
+  from courier.python import py_server
+  import envs
+  from podmeta import acting
+  from podmeta import builder
+  spec = envs.env_spec(config.env_id, backend=config.env_backend)
+  network = builder.make_network(config, spec)
+  _, params = builder.make_learner(config, spec, devices=jax.devices()[:1]).get_variables()
+  policy = acting.make_policy(network)
+  state = {"key": jax.random.PRNGKey(1)}
+  no_state = acting.initial_state(network, config.envs_per_actor)
+
+  def act(obs):
+    action, logits, _, state["key"] = policy(params, state["key"], obs, None, no_state)
+    return np.asarray(action), np.asarray(logits)
+
+  server = py_server.Server(thread_pool_size=2)
+  server.Bind("act", act)
+  server.Start()
+  try:
+    remote = courier_client.Client(server.address)
+    obs = np.zeros((config.envs_per_actor, *spec.obs_shape), spec.obs_dtype)
+    for _ in range(20):  # compile and connect
+      remote.act(obs)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+      remote.act(obs)
+      calls += 1
+    return calls * config.envs_per_actor / (time.perf_counter() - start)
+  finally:
+    server.Stop()
+
+
 def learner_rate(config, seconds=5.0):
   import jax
   import envs
@@ -135,7 +181,12 @@ def learner_rate(config, seconds=5.0):
   return steps * config.batch_size * config.unroll_length / elapsed, learner.num_devices
 
 
-def end_to_end_rate(num_actors, mode, seconds, warmup, extra_args=()):
+# inference=accelerator in (d): the policy on device 1, the learner on device 0.
+_ON_DEVICE = ["--config.inference=accelerator", "--config.actor_device_ids=(1,)",
+              "--config.learner_device_ids=(0,)"]
+
+
+def end_to_end_rate(num_actors, mode, seconds, warmup, extra_args=(), devices=1):
   """Env steps/s of a real launch, from the learner's log after `warmup` seconds,
   and its start-up (the summary's seconds from process start to the learner's
   milestones)."""
@@ -146,7 +197,7 @@ def end_to_end_rate(num_actors, mode, seconds, warmup, extra_args=()):
            f"--run_dir={run_dir}", f"--num_actors={num_actors}", f"--lp_launch_type={mode}",
            "--config.max_env_steps=0", f"--config.max_seconds={seconds}",
            "--config.log_every_seconds=2", *extra_args]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=seconds + 240)
     if proc.returncode != 0:
       raise RuntimeError(f"{mode} x{num_actors} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -183,10 +234,16 @@ def write_outputs(results):
         f"| {backend} | (b) one actor: env + jitted policy + Reverb writes "
         f"| {rows['actor_env_steps_per_second']:,.0f} "
         f"| {rows['actor_env_steps_per_second'] / raw:.2f} | |"]
+    if "inference_server_env_steps_per_second" in rows:
+      served = rows["inference_server_env_steps_per_second"]
+      lines.append(f"| {backend} | (e) an inference server's round trips alone (courier, "
+                   f"policy on its CPU, no env) | {served:,.0f} | {served / raw:.2f} | |")
     for row in rows["end_to_end"]:
       marks = row.get("startup_seconds") or {}
       startup = " / ".join(f"{marks[k]:.1f}" if k in marks else "-" for k in _STARTUP_MARKS)
-      lines.append(f"| {backend} | (d) end to end, {row['mode']}, {row['num_actors']} actor(s) "
+      where = (", policy on an acting device (actor threads in the learner's process)"
+               if row.get("inference") == "accelerator" else "")
+      lines.append(f"| {backend} | (d) end to end, {row['mode']}{where}, {row['num_actors']} actor(s) "
                    f"| {row['env_steps_per_second']:,.0f} | {row['env_steps_per_second'] / raw:.2f} "
                    f"| {startup} |")
   lines.append(f"| | (c) learner alone: pmapped update on {results['learner_devices']} device(s) "
@@ -205,10 +262,13 @@ def _plot(results, path):
   fig, axes = plt.subplots(1, len(results["backends"]), figsize=(6 * len(results["backends"]), 4),
                            squeeze=False)
   for ax, (backend, rows) in zip(axes[0], results["backends"].items()):
-    for mode in sorted({r["mode"] for r in rows["end_to_end"]}):
-      line = [r for r in rows["end_to_end"] if r["mode"] == mode]
+    kinds = sorted({(r["mode"], r.get("inference", "cpu")) for r in rows["end_to_end"]})
+    for mode, inference in kinds:
+      line = [r for r in rows["end_to_end"]
+              if (r["mode"], r.get("inference", "cpu")) == (mode, inference)]
+      label = mode if inference == "cpu" else f"{mode}, policy on an acting device"
       ax.plot([r["num_actors"] for r in line], [r["env_steps_per_second"] for r in line], "o-",
-              label=f"end to end ({mode})")
+              label=f"end to end ({label})")
     ax.axhline(rows["raw_env_steps_per_second"], color="gray", ls="--", label="(a) raw env")
     ax.axhline(rows["raw_env_steps_per_second"] / 2, color="gray", ls=":", label="half of (a)")
     ax.axhline(rows["actor_env_steps_per_second"], color="tab:green", ls="--",
@@ -248,13 +308,21 @@ def main(argv):
     rows["raw_env_steps_per_second"] = raw_env_rate(cfg)
     print(f"{backend}: (b) one actor ...", flush=True)
     rows["actor_env_steps_per_second"] = actor_rate(cfg)
+    if "accelerator" in _INFERENCE.value:
+      print(f"{backend}: (e) an inference server's round trips ...", flush=True)
+      rows["inference_server_env_steps_per_second"] = inference_server_rate(cfg)
     rows["end_to_end"] = []
-    for mode in _MODES.value:
+    runs = [(mode, "cpu") for mode in _MODES.value if "cpu" in _INFERENCE.value]
+    runs += [("local_mp", "accelerator")] if "accelerator" in _INFERENCE.value else []
+    for mode, inference in runs:
       for n in [int(x) for x in _NUM_ACTORS.value]:
-        print(f"{backend}: (d) {mode}, {n} actor(s) ...", flush=True)
-        rate, startup = end_to_end_rate(n, mode, _SECONDS.value, _WARMUP.value,
-                                        [f"--config.env_backend={backend}"])
-        rows["end_to_end"].append({"mode": mode, "num_actors": n,
+        print(f"{backend}: (d) {mode}, {inference} inference, {n} actor(s) ...", flush=True)
+        on_device = inference == "accelerator"
+        rate, startup = end_to_end_rate(
+            n, mode, _SECONDS.value, _WARMUP.value,
+            [f"--config.env_backend={backend}", *(_ON_DEVICE if on_device else [])],
+            devices=2 if on_device else 1)
+        rows["end_to_end"].append({"mode": mode, "inference": inference, "num_actors": n,
                                    "env_steps_per_second": rate, "startup_seconds": startup})
     # (a) again at the end, so a busy moment at the start cannot set the baseline.
     rows["raw_env_steps_per_second"] = max(rows["raw_env_steps_per_second"], raw_env_rate(cfg))
