@@ -10,7 +10,6 @@ Python envs, EnvPool's C++ envs):
       the policy evaluated on an acting device (`inference=accelerator`: actor
       threads in the learner's process, here on 2 forced CPU devices, one for
       acting and one for learning: the code path an accelerator runs).
-  (e) the round trips alone of an inference server fed by actor processes.
 Writes benchmarks/results/throughput.{json,png} and the table in
 BENCHMARKS.md (between its markers).
 
@@ -119,46 +118,6 @@ def actor_rate(config, seconds=8.0):
   return (size1 - size0) * builder.unrolls_per_item(config) * config.unroll_length / elapsed
 
 
-def inference_server_rate(config, seconds=5.0):
-  """(e) The other way to batch inference: an actor sends each vector step's
-  observations to a server (courier, as Launchpad's nodes talk) that runs the
-  policy and answers with the actions. Its round trips alone, with no env
-  stepped and the policy on the server's CPU, in env steps/s: the ceiling of
-  an actor fed that way."""
-  import jax
-  from courier.python import client as courier_client
-  from courier.python import py_server
-  import envs
-  from podmeta import acting
-  from podmeta import builder
-  spec = envs.env_spec(config.env_id, backend=config.env_backend)
-  network = builder.make_network(config, spec)
-  _, params = builder.make_learner(config, spec, devices=jax.devices()[:1]).get_variables()
-  policy = acting.make_policy(network)
-  state = {"key": jax.random.PRNGKey(1)}
-  no_state = acting.initial_state(network, config.envs_per_actor)
-
-  def act(obs):
-    action, logits, _, state["key"] = policy(params, state["key"], obs, None, no_state)
-    return np.asarray(action), np.asarray(logits)
-
-  server = py_server.Server(thread_pool_size=2)
-  server.Bind("act", act)
-  server.Start()
-  try:
-    remote = courier_client.Client(server.address)
-    obs = np.zeros((config.envs_per_actor, *spec.obs_shape), spec.obs_dtype)
-    for _ in range(20):  # compile and connect
-      remote.act(obs)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-      remote.act(obs)
-      calls += 1
-    return calls * config.envs_per_actor / (time.perf_counter() - start)
-  finally:
-    server.Stop()
-
-
 def learner_rate(config, seconds=5.0):
   import jax
   import envs
@@ -234,10 +193,6 @@ def write_outputs(results):
         f"| {backend} | (b) one actor: env + jitted policy + Reverb writes "
         f"| {rows['actor_env_steps_per_second']:,.0f} "
         f"| {rows['actor_env_steps_per_second'] / raw:.2f} | |"]
-    if "inference_server_env_steps_per_second" in rows:
-      served = rows["inference_server_env_steps_per_second"]
-      lines.append(f"| {backend} | (e) an inference server's round trips alone (courier, "
-                   f"policy on its CPU, no env) | {served:,.0f} | {served / raw:.2f} | |")
     for row in rows["end_to_end"]:
       marks = row.get("startup_seconds") or {}
       startup = " / ".join(f"{marks[k]:.1f}" if k in marks else "-" for k in _STARTUP_MARKS)
@@ -308,9 +263,6 @@ def main(argv):
     rows["raw_env_steps_per_second"] = raw_env_rate(cfg)
     print(f"{backend}: (b) one actor ...", flush=True)
     rows["actor_env_steps_per_second"] = actor_rate(cfg)
-    if "accelerator" in _INFERENCE.value:
-      print(f"{backend}: (e) an inference server's round trips ...", flush=True)
-      rows["inference_server_env_steps_per_second"] = inference_server_rate(cfg)
     rows["end_to_end"] = []
     runs = [(mode, "cpu") for mode in _MODES.value if "cpu" in _INFERENCE.value]
     runs += [("local_mp", "accelerator")] if "accelerator" in _INFERENCE.value else []
