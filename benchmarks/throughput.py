@@ -10,11 +10,14 @@ Python envs, EnvPool's C++ envs):
       the policy evaluated on an acting device (`inference=accelerator`: actor
       threads in the learner's process, here on 2 forced CPU devices, one for
       acting and one for learning: the code path an accelerator runs).
+And for an Atari config (gymnasium): (a), (b) with the deep torso on the CPU,
+and the learner's updates/s on its batch.
 Writes benchmarks/results/throughput.{json,png} and the table in
 BENCHMARKS.md (between its markers).
 
   python -m benchmarks.throughput --num_actors=1,2,4 --seconds=40
   python -m benchmarks.throughput --backends=envpool --modes=local_mp
+  python -m benchmarks.throughput --atari_only   # into the last run's table
 """
 
 import json
@@ -36,6 +39,13 @@ _CONFIG = flags.DEFINE_string("config", "launch/configs/cartpole_impala.py", "Co
 _NUM_ACTORS = flags.DEFINE_list("num_actors", ["1", "2", "4"], "Actor counts for (d).")
 _MODES = flags.DEFINE_list("modes", ["local_mt", "local_mp"], "Launch modes for (d).")
 _BACKENDS = flags.DEFINE_list("backends", ["gymnasium", "envpool"], "Env backends (a, b, d).")
+_ATARI_CONFIG = flags.DEFINE_string(
+    "atari_config", "launch/configs/pong_impala.py",
+    "Config of the Atari rows (gymnasium only: (a), (b) with the policy on the CPU, and the "
+    "learner's updates/s for its batch); '' leaves them out.")
+_ATARI_ENVS = flags.DEFINE_integer("atari_envs_per_actor", 8, "Envs per actor in the Atari rows.")
+_ATARI_ONLY = flags.DEFINE_bool(
+    "atari_only", False, "Measure only the Atari rows, into the last run's throughput.json.")
 _INFERENCE = flags.DEFINE_list("inference", ["cpu", "accelerator"],
                                "Where the policy runs in (d); accelerator runs local_mp only.")
 _SECONDS = flags.DEFINE_float("seconds", 40.0, "Length of each end-to-end run.")
@@ -48,10 +58,11 @@ BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 _STARTUP_MARKS = ("learner_built", "first_batch", "first_learner_step")
 
 
-def load_config():
+def load_config(path=None):
   import importlib.util
   from podmeta.config import Config
-  spec = importlib.util.spec_from_file_location("bench_config", os.path.join(REPO, _CONFIG.value))
+  spec = importlib.util.spec_from_file_location("bench_config",
+                                                os.path.join(REPO, path or _CONFIG.value))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return Config.from_mapping(module.get_config().to_dict())
@@ -118,7 +129,7 @@ def actor_rate(config, seconds=8.0):
   return (size1 - size0) * builder.unrolls_per_item(config) * config.unroll_length / elapsed
 
 
-def learner_rate(config, seconds=5.0):
+def learner_rate(config, seconds=5.0, steps_per_sync=20):
   import jax
   import envs
   from podmeta import builder
@@ -128,14 +139,14 @@ def learner_rate(config, seconds=5.0):
   learner = builder.make_learner(config, spec)
   batch = random_batch(spec, config.batch_size, config.unroll_length, seed=0)
   sharded = jax.device_put_sharded(per_device(batch, learner.num_devices), learner.devices)
-  for _ in range(5):
+  for _ in range(min(5, steps_per_sync)):
     jax.block_until_ready(learner.step(sharded))
   steps, start = 0, time.perf_counter()
   while time.perf_counter() - start < seconds:
-    for _ in range(20):
+    for _ in range(steps_per_sync):
       metrics = learner.step(sharded)
     jax.block_until_ready(metrics)
-    steps += 20
+    steps += steps_per_sync
   elapsed = time.perf_counter() - start
   return steps * config.batch_size * config.unroll_length / elapsed, learner.num_devices
 
@@ -171,6 +182,21 @@ def end_to_end_rate(num_actors, mode, seconds, warmup, extra_args=(), devices=1)
     return float((steps[-1] - steps[0]) / (t[-1] - t[0])), startup
 
 
+def atari_rows(config):
+  """Per core: the Atari env alone, one actor with the deep torso on the CPU, and the
+  learner's updates/s on the config's batch."""
+  config = config.replace(envs_per_actor=_ATARI_ENVS.value)
+  print(f"{config.env_id}: (a) raw vector env, (b) one actor, (c) learner ...", flush=True)
+  rate, devices = learner_rate(config, seconds=20.0, steps_per_sync=1)
+  return {"config": _ATARI_CONFIG.value, "env_id": config.env_id,
+          "envs_per_actor": config.envs_per_actor,
+          "raw_env_steps_per_second": raw_env_rate(config, seconds=5.0, repeats=2),
+          "actor_env_steps_per_second": actor_rate(config, seconds=20.0),
+          "learner_updates_per_second": rate / (config.batch_size * config.unroll_length),
+          "learner_devices": devices, "batch_size": config.batch_size,
+          "unroll_length": config.unroll_length}
+
+
 def write_outputs(results):
   os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, "throughput.json"), "w") as f:
@@ -203,6 +229,20 @@ def write_outputs(results):
                    f"| {startup} |")
   lines.append(f"| | (c) learner alone: pmapped update on {results['learner_devices']} device(s) "
                f"| {results['learner_env_steps_per_second']:,.0f} | | |")
+  atari = results.get("atari")
+  if atari:
+    raw = atari["raw_env_steps_per_second"]
+    lines += [
+        "", f"Atari (`{atari['config']}`, {atari['env_id']}, gymnasium, "
+        f"{atari['envs_per_actor']} envs per actor; each row one process on one core):", "",
+        "| what | rate | ratio to (a) |", "|---|---:|---:|",
+        f"| (a) raw vector env, random actions | {raw:,.0f} env steps/s | 1.00 |",
+        f"| (b) one actor, the deep torso on the CPU | "
+        f"{atari['actor_env_steps_per_second']:,.0f} env steps/s | "
+        f"{atari['actor_env_steps_per_second'] / raw:.2f} |",
+        f"| (c) learner: pmapped update on {atari['learner_devices']} CPU device(s), batches of "
+        f"{atari['batch_size']} x {atari['unroll_length']} | "
+        f"{atari['learner_updates_per_second']:.2f} updates/s | |"]
   lines += ["", "Start-up counts from the launcher's process start; the runs share JAX's "
             "persistent compilation cache (`--compilation_cache_dir`), so all but the first "
             "of a shape load their compiled programs."]
@@ -245,6 +285,13 @@ def main(argv):
   from podmeta.logging_setup import quiet_third_party_logs
   quiet_third_party_logs()
   config = load_config()
+  if _ATARI_ONLY.value:
+    with open(os.path.join(_OUT.value, "throughput.json")) as f:
+      results = json.load(f)
+    results["atari"] = atari_rows(load_config(_ATARI_CONFIG.value))
+    write_outputs(results)
+    print(json.dumps(results["atari"], indent=2))
+    return
   results = {
       "date": time.strftime("%Y-%m-%d"),
       "machine": f"{os.cpu_count()} cores, {platform.machine()}",
@@ -278,6 +325,8 @@ def main(argv):
                                    "env_steps_per_second": rate, "startup_seconds": startup})
     # (a) again at the end, so a busy moment at the start cannot set the baseline.
     rows["raw_env_steps_per_second"] = max(rows["raw_env_steps_per_second"], raw_env_rate(cfg))
+  if _ATARI_CONFIG.value:
+    results["atari"] = atari_rows(load_config(_ATARI_CONFIG.value))
   write_outputs(results)
   print(json.dumps(results, indent=2))
   print(f"wrote {_MARKDOWN.value} and {_OUT.value}/throughput.{{json,png}}")
