@@ -139,17 +139,14 @@ def explain_learner_failure(outcome: supervisor.Outcome, host_dir: str, spec,
   coordinator no longer answers was aborted by JAX because process 0 was
   lost. Otherwise the learner itself failed, as `outcome` says.
   """
-  path = os.path.join(host_dir, "summary.json")
   try:
-    if os.path.getmtime(path) >= started_at:
-      with open(path) as f:
-        summary = json.load(f)
-      if summary.get("exit_reason") == "pod_host_lost":
-        return dataclasses.replace(outcome, failed_node="pod_host",
-                                   lost_process=summary.get("lost_process"),
-                                   failure=summary.get("error") or outcome.failure)
+    summary = supervisor.this_runs_summary(host_dir, started_at)
   except (OSError, ValueError):
-    pass  # no verdict of its own
+    summary = {}  # unreadable: no verdict of its own
+  if summary.get("exit_reason") == "pod_host_lost":
+    return dataclasses.replace(outcome, failed_node="pod_host",
+                               lost_process=summary.get("lost_process"),
+                               failure=summary.get("error") or outcome.failure)
   if (spec.process_id != 0 and spec.coordinator_address
       and not _reachable(spec.coordinator_address)):
     return _process_0_lost(outcome, spec.coordinator_address,

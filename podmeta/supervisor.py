@@ -282,6 +282,15 @@ class Supervisor:
     self._stop_requested = True
 
 
+def this_runs_summary(run_dir: str, started_at: float) -> dict:
+  """run_dir's summary.json if the run started at `started_at` wrote it, else {}."""
+  path = os.path.join(run_dir, "summary.json")
+  if not os.path.exists(path) or os.path.getmtime(path) < started_at:
+    return {}  # none, or a previous run's
+  with open(path) as f:
+    return json.load(f)
+
+
 def record_outcome(run_dir: str, outcome: Outcome, started_at: float) -> dict:
   """Adds the supervisor's outcome to the run's summary.json and returns it.
 
@@ -290,11 +299,8 @@ def record_outcome(run_dir: str, outcome: Outcome, started_at: float) -> dict:
   checkpoint's counters, which is what a resume continues from.
   """
   path = os.path.join(run_dir, "summary.json")
-  summary = {}
-  if os.path.exists(path) and os.path.getmtime(path) >= started_at:
-    with open(path) as f:
-      summary = json.load(f)
-  elif outcome.failure:
+  summary = this_runs_summary(run_dir, started_at)
+  if not summary and outcome.failure:
     summary = _summary_from_checkpoint(run_dir)
   if not summary and not outcome.failure:
     return summary
