@@ -10,8 +10,10 @@ Environment" (arXiv 1709.06009), with the frame processing of DQN (Mnih et al.
   * frame skip 4: an agent action lasts four emulator frames, rewards summed;
     the observation is the pixel-wise max of the last two, since some games
     draw sprites only on alternate frames;
-  * greyscale, resized to 84x84 (box filter, like OpenCV's INTER_AREA that
-    gymnasium's AtariPreprocessing uses; OpenCV is not a dependency here);
+  * greyscale (ALE's palette), resized to 84x84 by area averaging: OpenCV's
+    INTER_AREA, which gymnasium's AtariPreprocessing and EnvPool use, written
+    out in numpy (`area_resize`; OpenCV is not a dependency here), so the
+    EnvPool backend (`envs.envpool_env`) gives the same pixels;
   * the last four processed frames stacked on the channel axis, newest last:
     observations are uint8 [84, 84, 4], as podmeta's conv torsos expect;
   * up to 30 no-op actions after each reset, for varied start states;
@@ -28,11 +30,10 @@ Rewards are the raw game score: clipping to [-1, 1] belongs to the learner
 """
 
 import collections
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import gymnasium as gym
 import numpy as np
-from PIL import Image
 
 ENV_ID_PREFIX = "podmeta/"
 ENV_ID_SUFFIX = "-v0"
@@ -54,6 +55,36 @@ def game_name(game: str) -> str:
 def env_id(game: str) -> str:
   """The podmeta id of an ALE game, e.g. env_id("pong") == "podmeta/Pong-v0"."""
   return f"{ENV_ID_PREFIX}{game_name(game)}{ENV_ID_SUFFIX}"
+
+
+class _AreaTaps(NamedTuple):
+  """A 1-D area resize: output pixel i is sum_k weight[i, k] * input[index[i, k]]."""
+  index: np.ndarray   # [size_out, taps] source pixels
+  weight: np.ndarray  # [size_out, taps] the share of output pixel i each covers
+
+
+def _area_taps(size_in: int, size_out: int) -> _AreaTaps:
+  """Output pixel i covers the source interval [i * s, (i + 1) * s), s = size_in / size_out;
+  each source pixel weighs the length of its overlap with it, over s."""
+  scale = size_in / size_out
+  taps = int(np.ceil(scale)) + 1
+  index = np.zeros((size_out, taps), np.intp)
+  weight = np.zeros((size_out, taps), np.float32)
+  for i in range(size_out):
+    lo, hi = i * scale, (i + 1) * scale
+    for k, j in enumerate(range(int(np.floor(lo)), min(int(np.ceil(hi)), size_in))):
+      index[i, k] = j
+      weight[i, k] = (min(hi, j + 1) - max(lo, j)) / scale
+  return _AreaTaps(index, weight)
+
+
+def area_resize(frame: np.ndarray, rows: _AreaTaps, cols: _AreaTaps) -> np.ndarray:
+  """A uint8 [H, W] frame resized by area averaging, as OpenCV's INTER_AREA does
+  for a non-integer scale: columns first, in float32, rounded half to even.
+  The same order and rounding make it pixel-exact against OpenCV (EnvPool)."""
+  across = (frame[:, cols.index] * cols.weight).sum(-1, dtype=np.float32)
+  down = (across[rows.index] * rows.weight[:, :, None]).sum(1)
+  return np.rint(down).astype(np.uint8)
 
 
 class AtariPreprocessing(gym.Wrapper):
@@ -78,16 +109,17 @@ class AtariPreprocessing(gym.Wrapper):
     if noop_max > 0 and env.unwrapped.get_action_meanings()[0] != "NOOP":
       raise ValueError("no-op resets need action 0 to be NOOP")
     self._frame_skip = frame_skip
-    self._size = (screen_size, screen_size)
     self._noop_max = noop_max
     self._terminal_on_life_loss = terminal_on_life_loss
     self._lives = 0
     # Whether the last step ended an episode by a life loss alone.
     self._life_lost = False
     self.observation_space = gym.spaces.Box(0, 255, (screen_size, screen_size), np.uint8)
+    height, width = env.observation_space.shape[:2]
+    self._taps = (_area_taps(height, screen_size), _area_taps(width, screen_size))
 
   def _resize(self, frame: np.ndarray) -> np.ndarray:
-    return np.asarray(Image.fromarray(frame).resize(self._size, Image.Resampling.BOX))
+    return area_resize(frame, *self._taps)
 
   def reset(self, *, seed: Optional[int] = None, options=None):
     if self._life_lost and seed is None:

@@ -74,6 +74,40 @@ def test_box_actions_are_rescaled_from_minus_one_to_one():
   np.testing.assert_allclose(seen[0][0], ref.step(np.array([2.0]))[0], rtol=1e-4, atol=1e-5)
 
 
+def test_atari_matches_the_gymnasium_backends_preprocessing_pixel_for_pixel():
+  """podmeta/Pong-v0 from both backends, from the same start (one no-op, no sticky
+  actions), on the same random actions: equal frames, rewards, episode ends and
+  returns, through a finished game and the next-step reset after it."""
+  kwargs = {"noop_max": 1, "repeat_action_probability": 0.0}
+  pools = [envs.make_vector_env("podmeta/Pong-v0", 1, seed=0, backend=b, **kwargs)
+           for b in ("gymnasium", "envpool")]
+  assert pools[1].single_observation_space == pools[0].single_observation_space
+  first = [p.reset(seed=0)[0] for p in pools]
+  np.testing.assert_array_equal(*first)
+  assert first[0].shape == (1, 84, 84, 4) and first[0].std() > 0
+  returns, ends = np.zeros(2), 0
+  for action in np.random.default_rng(0).integers(0, 6, size=1200):
+    steps = [p.step(np.array([action])) for p in pools]
+    (obs, reward, terminated, truncated, _), (obs_e, reward_e, terminated_e, truncated_e, _) = steps
+    assert (reward[0], terminated[0], truncated[0]) == (reward_e[0], terminated_e[0],
+                                                        truncated_e[0])
+    if terminated[0]:
+      # A game that ends inside a frame skip: EnvPool does not max-pool its last frame.
+      np.testing.assert_array_equal(obs[..., :-1], obs_e[..., :-1])
+      ends += 1
+    else:
+      np.testing.assert_array_equal(obs, obs_e)
+    returns += [reward[0], reward_e[0]]
+  assert ends >= 1  # random play loses a game of Pong in ~900 steps
+  assert returns[0] == returns[1] and returns[0] < 0
+  for p in pools:
+    p.close()
+  with pytest.raises(ValueError, match="'env_id'.*'podmeta/Pong-v0'.*not EnvPool's 'Pong-v5'"):
+    envpool_env.VectorEnv("Pong-v5", 1, 0)
+  with pytest.raises(ValueError, match="'env_kwargs'.*render_mode"):
+    envpool_env.VectorEnv("podmeta/Pong-v0", 1, 0, env_kwargs={"render_mode": "rgb_array"})
+
+
 def test_bad_envpool_input_names_the_field():
   with pytest.raises(ValueError, match="'env_id'.*EnvPool has no env 'CartPol-v1'"):
     envs.check_env_id("CartPol-v1", backend="envpool")
