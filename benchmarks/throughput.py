@@ -10,8 +10,10 @@ Python envs, EnvPool's C++ envs):
       the policy evaluated on an acting device (`inference=accelerator`: actor
       threads in the learner's process, here on 2 forced CPU devices, one for
       acting and one for learning: the code path an accelerator runs).
-And for an Atari config (gymnasium): (a), (b) with the deep torso on the CPU,
-and the learner's updates/s on its batch.
+And for an Atari config, per backend, in a process pinned to one core: (a),
+(b) with the deep torso on the CPU and (b) with it on the learner's device
+(`inference=accelerator`'s code path: parameters device to device, here a CPU
+device), and the learner's updates/s on its batch.
 Writes benchmarks/results/throughput.{json,png} and the table in
 BENCHMARKS.md (between its markers).
 
@@ -41,8 +43,8 @@ _MODES = flags.DEFINE_list("modes", ["local_mt", "local_mp"], "Launch modes for 
 _BACKENDS = flags.DEFINE_list("backends", ["gymnasium", "envpool"], "Env backends (a, b, d).")
 _ATARI_CONFIG = flags.DEFINE_string(
     "atari_config", "launch/configs/pong_impala.py",
-    "Config of the Atari rows (gymnasium only: (a), (b) with the policy on the CPU, and the "
-    "learner's updates/s for its batch); '' leaves them out.")
+    "Config of the Atari rows ((a), (b) with the policy on the CPU and on the learner's "
+    "device, per backend, and the learner's updates/s for its batch); '' leaves them out.")
 _ATARI_ENVS = flags.DEFINE_integer("atari_envs_per_actor", 8, "Envs per actor in the Atari rows.")
 _ATARI_ONLY = flags.DEFINE_bool(
     "atari_only", False, "Measure only the Atari rows, into the last run's throughput.json.")
@@ -88,11 +90,14 @@ def raw_env_rate(config, seconds=3.0, repeats=3):
   return max(rates)
 
 
-def actor_rate(config, seconds=8.0):
+def actor_rate(config, seconds=8.0, on_device=False):
+  """One actor's env steps/s, its policy on the CPU or (`on_device`) on the
+  learner's device with parameters read there (OnDeviceVariables)."""
   import jax
   import reverb
   import envs
   from podmeta import builder
+  from podmeta import learning
   from podmeta import replay as replay_lib
   from podmeta.acting import Actor
   spec = envs.env_spec(config.env_id, backend=config.env_backend)
@@ -104,11 +109,13 @@ def actor_rate(config, seconds=8.0):
   stop = threading.Event()
   actor = Actor(env=envs.make_vector_env(config.env_id, config.envs_per_actor, seed=0,
                                          backend=config.env_backend),
-                network=builder.make_network(config, spec), variable_source=learner,
+                network=builder.make_network(config, spec),
+                variable_source=learning.OnDeviceVariables(learner) if on_device else learner,
                 writer=replay_lib.UnrollWriter(client, builder.make_spec(config, spec),
                                                config.envs_per_actor),
                 key=jax.random.PRNGKey(0),
-                variable_update_period=config.variable_update_period, stop_event=stop)
+                variable_update_period=config.variable_update_period, stop_event=stop,
+                device=learner.devices[0] if on_device else None)
   result = {}
 
   def go():
@@ -183,18 +190,33 @@ def end_to_end_rate(num_actors, mode, seconds, warmup, extra_args=(), devices=1)
 
 
 def atari_rows(config):
-  """Per core: the Atari env alone, one actor with the deep torso on the CPU, and the
-  learner's updates/s on the config's batch."""
+  """Per core (the caller pins this process to one): per backend the Atari env
+  alone and one actor with the deep torso on the CPU and on the learner's
+  device; the learner's updates/s on the config's batch."""
   config = config.replace(envs_per_actor=_ATARI_ENVS.value)
-  print(f"{config.env_id}: (a) raw vector env, (b) one actor, (c) learner ...", flush=True)
+  print(f"{config.env_id}: (c) learner ...", flush=True)
   rate, devices = learner_rate(config, seconds=20.0, steps_per_sync=1)
+  backends = {}
+  for backend in _BACKENDS.value:
+    cfg = config.replace(env_backend=backend)
+    print(f"{config.env_id}, {backend}: (a) raw vector env, (b) one actor ...", flush=True)
+    backends[backend] = {
+        "raw_env_steps_per_second": raw_env_rate(cfg, seconds=5.0, repeats=2),
+        "actor_env_steps_per_second": actor_rate(cfg, seconds=20.0),
+        "actor_on_device_env_steps_per_second": actor_rate(cfg, seconds=20.0, on_device=True)}
   return {"config": _ATARI_CONFIG.value, "env_id": config.env_id,
-          "envs_per_actor": config.envs_per_actor,
-          "raw_env_steps_per_second": raw_env_rate(config, seconds=5.0, repeats=2),
-          "actor_env_steps_per_second": actor_rate(config, seconds=20.0),
+          "envs_per_actor": config.envs_per_actor, "backends": backends,
           "learner_updates_per_second": rate / (config.batch_size * config.unroll_length),
           "learner_devices": devices, "batch_size": config.batch_size,
           "unroll_length": config.unroll_length}
+
+
+def pin_to_one_core() -> int:
+  """Pins this process (before JAX or EnvPool start their threads, which inherit
+  it) to one core, so that the Atari rows are rates per core."""
+  core = min(os.sched_getaffinity(0))
+  os.sched_setaffinity(0, {core})
+  return core
 
 
 def write_outputs(results):
@@ -230,19 +252,25 @@ def write_outputs(results):
   lines.append(f"| | (c) learner alone: pmapped update on {results['learner_devices']} device(s) "
                f"| {results['learner_env_steps_per_second']:,.0f} | | |")
   atari = results.get("atari")
-  if atari:
-    raw = atari["raw_env_steps_per_second"]
+  if atari and "backends" in atari:
     lines += [
-        "", f"Atari (`{atari['config']}`, {atari['env_id']}, gymnasium, "
-        f"{atari['envs_per_actor']} envs per actor; each row one process on one core):", "",
-        "| what | rate | ratio to (a) |", "|---|---:|---:|",
-        f"| (a) raw vector env, random actions | {raw:,.0f} env steps/s | 1.00 |",
-        f"| (b) one actor, the deep torso on the CPU | "
-        f"{atari['actor_env_steps_per_second']:,.0f} env steps/s | "
-        f"{atari['actor_env_steps_per_second'] / raw:.2f} |",
-        f"| (c) learner: pmapped update on {atari['learner_devices']} CPU device(s), batches of "
-        f"{atari['batch_size']} x {atari['unroll_length']} | "
-        f"{atari['learner_updates_per_second']:.2f} updates/s | |"]
+        "", f"Atari (`{atari['config']}`, {atari['env_id']}, {atari['envs_per_actor']} envs "
+        "per actor; one process pinned to one core):", "",
+        "| backend | what | rate | ratio to (a) |", "|---|---|---:|---:|"]
+    for backend, rows in atari["backends"].items():
+      raw = rows["raw_env_steps_per_second"]
+      lines += [
+          f"| {backend} | (a) raw vector env, random actions | {raw:,.0f} env steps/s | 1.00 |",
+          f"| {backend} | (b) one actor, the deep torso on the CPU | "
+          f"{rows['actor_env_steps_per_second']:,.0f} env steps/s | "
+          f"{rows['actor_env_steps_per_second'] / raw:.2f} |",
+          f"| {backend} | (b) one actor, the deep torso on the learner's (CPU) device, "
+          f"parameters device to device | {rows['actor_on_device_env_steps_per_second']:,.0f} "
+          f"env steps/s | {rows['actor_on_device_env_steps_per_second'] / raw:.2f} |"]
+    lines.append(
+        f"| | (c) learner: pmapped update on {atari['learner_devices']} CPU device(s), batches "
+        f"of {atari['batch_size']} x {atari['unroll_length']} | "
+        f"{atari['learner_updates_per_second']:.2f} updates/s | |")
   lines += ["", "Start-up counts from the launcher's process start; the runs share JAX's "
             "persistent compilation cache (`--compilation_cache_dir`), so all but the first "
             "of a shape load their compiled programs."]
@@ -284,14 +312,15 @@ def main(argv):
   del argv
   from podmeta.logging_setup import quiet_third_party_logs
   quiet_third_party_logs()
-  config = load_config()
   if _ATARI_ONLY.value:
+    print(f"Atari rows pinned to core {pin_to_one_core()}", flush=True)
     with open(os.path.join(_OUT.value, "throughput.json")) as f:
       results = json.load(f)
     results["atari"] = atari_rows(load_config(_ATARI_CONFIG.value))
     write_outputs(results)
     print(json.dumps(results["atari"], indent=2))
     return
+  config = load_config()
   results = {
       "date": time.strftime("%Y-%m-%d"),
       "machine": f"{os.cpu_count()} cores, {platform.machine()}",
@@ -325,10 +354,15 @@ def main(argv):
                                    "env_steps_per_second": rate, "startup_seconds": startup})
     # (a) again at the end, so a busy moment at the start cannot set the baseline.
     rows["raw_env_steps_per_second"] = max(rows["raw_env_steps_per_second"], raw_env_rate(cfg))
-  if _ATARI_CONFIG.value:
-    results["atari"] = atari_rows(load_config(_ATARI_CONFIG.value))
   write_outputs(results)
   print(json.dumps(results, indent=2))
+  if _ATARI_CONFIG.value:
+    # In a process of their own, pinned to one core from its start.
+    subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--atari_only",
+                    f"--atari_config={_ATARI_CONFIG.value}",
+                    f"--atari_envs_per_actor={_ATARI_ENVS.value}",
+                    f"--backends={','.join(_BACKENDS.value)}", f"--out={_OUT.value}",
+                    f"--markdown={_MARKDOWN.value}"], cwd=REPO, check=True)
   print(f"wrote {_MARKDOWN.value} and {_OUT.value}/throughput.{{json,png}}")
 
 
