@@ -74,7 +74,8 @@ class VariableClient:
   """Fetches (version, params) from a VariableSource without blocking the caller.
 
   `source` is either a local VariableSource or a courier client, whose
-  `futures.get_variables()` returns a concurrent future.
+  `futures.get_variables_if_changed(version)` returns a concurrent future.
+  A poll answered "unchanged" (None) keeps the params held.
   """
 
   def __init__(self, source, update_period: int, device=None):
@@ -103,18 +104,22 @@ class VariableClient:
     self._calls += 1
     if self._future is not None and self._future.done():
       try:
-        version, params = self._future.result()
-        self.version, self.params = version, jax.device_put(params, self._device)
+        self._take(self._future.result())
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("parameter refresh failed: %s", e)
       self._future = None
     if self._future is None and self._calls % self._period == 0:
       futures = getattr(self._source, "futures", None)
       if futures is not None:
-        self._future = futures.get_variables()
-      else:
-        self.version, params = self._fetch_blocking()
-        self.params = jax.device_put(params, self._device)
+        self._future = futures.get_variables_if_changed(self.version)
+      elif hasattr(self._source, "get_variables_if_changed"):
+        self._take(self._source.get_variables_if_changed(self.version))
+      else:  # a bare object with get_variables only
+        self._take(self._source.get_variables())
+
+  def _take(self, latest: Optional[Tuple[int, Any]]) -> None:
+    if latest is not None and latest[0] != self.version:
+      self.version, self.params = latest[0], jax.device_put(latest[1], self._device)
 
 
 class EpisodeTracker:

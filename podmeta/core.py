@@ -24,6 +24,15 @@ class VariableSource(abc.ABC):
     their data with it so the learner can measure policy lag.
     """
 
+  def get_variables_if_changed(self, version: int) -> Optional[Tuple[int, Any]]:
+    """get_variables(), or None if the source's version is still `version`.
+
+    Actors poll every few steps, far more often than the learner steps: an
+    unchanged answer then costs no copy and, through courier, no transfer.
+    """
+    latest = self.get_variables()
+    return None if latest[0] == version else latest
+
 
 class Worker(abc.ABC):
   """A node's main loop."""

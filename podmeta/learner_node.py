@@ -18,7 +18,6 @@ from typing import Callable, List, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from podmeta import core
@@ -171,22 +170,35 @@ class RunCounters(core.Saveable):
 class MetricsWindow:
   """The learner's metrics between two log rows.
 
-  Step metrics are summed on device (no host sync per step) and logged as
-  means over the window, with the window's throughputs and policy lags.
+  Step metrics stay on device until a batch of them is fetched in one
+  transfer (no host sync per step), and are logged as means over the window,
+  with the window's throughputs and policy lags.
   """
+
+  # Steps' metrics fetched together. A jnp.add per metric and step instead
+  # took a fifth of the learner process's core (CartPole, ~80 updates/s).
+  FETCH_EVERY = 64
 
   def __init__(self, now: float, learner_steps: int, env_steps: int):
     self._open(now, learner_steps, env_steps)
 
   def _open(self, now: float, learner_steps: int, env_steps: int) -> None:
-    self._metrics, self._steps, self._lags = None, 0, []
+    self._pending, self._sums, self._steps, self._lags = [], {}, 0, []
     self._start, self._learner_steps, self._env_steps = now, learner_steps, env_steps
 
   def add(self, step_metrics, lag: int) -> None:
-    self._metrics = step_metrics if self._metrics is None else jax.tree.map(
-        jnp.add, self._metrics, step_metrics)
+    self._pending.append(step_metrics)
     self._steps += 1
     self._lags.append(lag)
+    if len(self._pending) > self.FETCH_EVERY:
+      # All but the newest, whose update may still be running: no wait for it.
+      self._fetch(self._pending[:-1])
+      self._pending = self._pending[-1:]
+
+  def _fetch(self, metrics_list) -> None:
+    for metrics in jax.device_get(metrics_list):
+      for k, v in metrics.items():  # [num_devices] copies of a pmean-ed value
+        self._sums[k] = self._sums.get(k, 0.0) + float(np.asarray(v)[0])
 
   @property
   def empty(self) -> bool:
@@ -206,9 +218,9 @@ class MetricsWindow:
     if self._lags:
       row["policy_lag"] = float(np.mean(self._lags))
       row["policy_lag_max"] = float(np.max(self._lags))
-    if self._metrics is not None:
-      row.update({k: float(np.asarray(v)[0]) / self._steps
-                  for k, v in jax.device_get(self._metrics).items()})
+    self._fetch(self._pending)
+    if self._steps:
+      row.update({k: v / self._steps for k, v in self._sums.items()})
     self._open(now, learner_steps, env_steps)
     return row
 
@@ -288,6 +300,9 @@ class LearnerNode(core.Worker, core.VariableSource):
 
   def get_variables(self):
     return self._learner.get_variables()
+
+  def get_variables_if_changed(self, version: int):
+    return self._learner.get_variables_if_changed(version)
 
   def report_actor(self, env_steps: int, returns: List[float], lengths: List[int],
                    env_errors: int = 0) -> None:

@@ -40,8 +40,10 @@ def test_devices_are_split_between_acting_and_learning():
 def test_actor_threads_act_on_their_devices_and_feed_the_learner(tmp_path):
   assert jax.local_device_count() == 8, "needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
   devices = jax.local_devices()
+  # A queue of 8 unrolls for 20 steps: the actors must act (and refresh) after
+  # the learner's first steps, not only fill the queue before them.
   config = Config(num_actors=3, envs_per_actor=4, unroll_length=5, batch_size=4,
-                  replay_max_size=64, min_replay_size=4, max_learner_steps=5, eval_episodes=0,
+                  replay_max_size=8, min_replay_size=4, max_learner_steps=20, eval_episodes=0,
                   log_every_seconds=1.0, variable_update_period=2, inference="accelerator",
                   actor_device_ids=(6, 7), learner_device_ids=(0, 1))
   server = reverb.Server(builder.make_tables(config, builder.env_spec(config)), port=None)
@@ -60,9 +62,10 @@ def test_actor_threads_act_on_their_devices_and_feed_the_learner(tmp_path):
     server.stop()
   with open(tmp_path / "summary.json") as f:
     s = json.load(f)
-  assert s["exit_reason"] == "max_learner_steps" and s["learner_steps"] == 5
-  # Every step trained on the actors' unrolls: 5 steps x 4 unrolls x 5 steps each.
-  assert s["env_steps"] >= 5 * 4 * 5
+  assert s["exit_reason"] == "max_learner_steps" and s["learner_steps"] == 20
+  # The steps trained on the actors' unrolls (20 x 4 unrolls x 5 steps; the
+  # actors report every 0.5 s, so the last reports may miss the count).
+  assert s["env_steps"] >= 10 * 4 * 5
   # Each actor's refreshed parameters stayed on its device, from a later version.
   for a, device in zip(actors, [devices[6], devices[7], devices[6]]):
     assert {d for leaf in jax.tree.leaves(a._variables.params) for d in leaf.devices()} == {device}

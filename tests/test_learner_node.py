@@ -25,6 +25,18 @@ def test_metrics_window_means_lags_and_throughputs_over_its_interval():
   assert row["env_steps_per_second"] == 50.0 and row["learner_steps_per_second"] == 0.0
 
 
+def test_metrics_window_mean_spans_its_batched_fetches():
+  """More steps than one fetch holds: the mean is still over every step of the window."""
+  window = MetricsWindow(now=0.0, learner_steps=0, env_steps=0)
+  losses = np.arange(3 * MetricsWindow.FETCH_EVERY + 5, dtype=np.float32)
+  for loss in losses:
+    window.add({"loss": jnp.asarray([loss, -1.0])}, 0)
+  row = window.close(now=1.0, learner_steps=len(losses), env_steps=0, env_steps_per_batch=1)
+  assert row["loss"] == float(losses.mean())
+  window.add({"loss": jnp.asarray([7.0, 0.0])}, 0)
+  assert window.close(now=2.0, learner_steps=0, env_steps=0, env_steps_per_batch=1)["loss"] == 7.0
+
+
 def test_checkpoint_schedule_saves_early_then_every_interval():
   schedule = CheckpointSchedule(now=0.0, every_seconds=60.0, first_seconds=10.0)
   due = [t for t in np.arange(0.0, 200.0, 1.0) if schedule.due(float(t))]

@@ -12,6 +12,7 @@ import envs
 from podmeta import builder
 from podmeta import replay as replay_lib
 from podmeta.acting import Actor
+from podmeta.acting import VariableClient
 from podmeta.config import Config
 
 
@@ -293,3 +294,38 @@ def test_an_env_that_keeps_failing_ends_the_actor_with_its_error(server_factory)
     actor.run(max_steps=100)
   assert isinstance(info.value.__cause__, envs.faulty.EnvCrash)
   assert info.value.podmeta_node == "actor"
+
+
+class _CountingSource:
+  """A local VariableSource whose version the test moves; counts what it hands out."""
+
+  def __init__(self):
+    self.version, self.copies = 0, 0
+
+  def get_variables(self):
+    self.copies += 1
+    return self.version, {"w": np.full(3, float(self.version), np.float32)}
+
+  def get_variables_if_changed(self, version):
+    return None if version == self.version else self.get_variables()
+
+
+def test_the_variable_client_polls_and_takes_params_only_when_they_changed():
+  source = _CountingSource()
+  client = VariableClient(source, update_period=2)
+  assert (client.version, source.copies) == (0, 1)
+  held = client.params
+  for _ in range(10):  # five polls of an unchanged source: nothing copied or replaced
+    client.update()
+  assert source.copies == 1 and client.params is held
+  source.version = 4
+  client.update()
+  client.update()
+  assert client.version == 4 and source.copies == 2
+  np.testing.assert_array_equal(np.asarray(client.params["w"]), 4.0)
+  # The real learner answers the same way: None while its step count is the version.
+  config = Config(envs_per_actor=4, batch_size=4)
+  spec = builder.env_spec(config)
+  learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
+  assert learner.get_variables_if_changed(0) is None
+  assert learner.get_variables_if_changed(-1)[0] == 0
