@@ -168,17 +168,18 @@ def _spec(env_id: str, space, actions) -> EnvSpec:
 
 
 def make_vector_env(env_id: str, num_envs: int, seed: int, wrappers: Sequence[str] = (),
-                    backend: str = "gymnasium", **env_kwargs):
+                    backend: str = "gymnasium", envpool_threads: int = 0, **env_kwargs):
   """A synchronous vector env that resets an episode one step after it ends.
 
   The "next step" autoreset keeps each final observation in the stream, which
   the V-trace loss needs to bootstrap truncated episodes (see podmeta.losses).
   `wrappers` ("module:callable") wrap each env, after gym.make, then
   `normalise_actions`. With `backend="envpool"`, EnvPool's C++ envs
-  (`envs.envpool_env`; no wrappers).
+  (`envs.envpool_env`; no wrappers) on `envpool_threads` threads (0: one per env).
   """
   if backend == "envpool":
-    return envpool_env.VectorEnv(env_id, num_envs, seed, env_kwargs=env_kwargs)
+    return envpool_env.VectorEnv(env_id, num_envs, seed, num_threads=envpool_threads,
+                                 env_kwargs=env_kwargs)
   register()
   name = _import_module_of(env_id)
   env = gym.make_vec(name, num_envs=num_envs, vectorization_mode="sync",

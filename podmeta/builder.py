@@ -168,7 +168,8 @@ def env_spec(config: Config) -> envs.EnvSpec:
 
 def vector_env(config: Config, num_envs: int, seed: int):
   return envs.make_vector_env(config.env_id, num_envs, seed, config.env_wrappers,
-                              config.env_backend, **config.env_make_kwargs)
+                              config.env_backend, envpool_threads=config.envpool_threads,
+                              **config.env_make_kwargs)
 
 
 def build_learner_node(config: Config, run_dir: str, replay_client, stop_program=None,

@@ -118,6 +118,17 @@ def test_bad_envpool_input_names_the_field():
     Config.from_mapping({"env_backend": "brax"})
   with pytest.raises(ValueError, match="'env_kwargs': envpool.make"):
     envpool_env.VectorEnv("CartPole-v1", 2, 0, env_kwargs={"no_such_option": 1})
+  with pytest.raises(ValueError, match="'envpool_threads' must be at least 0"):
+    Config.from_mapping({"env_backend": "envpool", "envpool_threads": -1})
+
+
+def test_the_actors_envpool_runs_on_the_configured_threads():
+  from podmeta import builder
+  for threads in (1, 3):
+    config = Config.from_mapping({"env_backend": "envpool", "envpool_threads": threads})
+    pool = builder.vector_env(config, 4, seed=0)
+    assert pool._pool.spec.config.num_threads == threads  # pylint: disable=protected-access
+    pool.close()
 
 
 def test_the_distributed_program_learns_cartpole_on_envpool(tmp_path):
