@@ -122,3 +122,20 @@ def wait_for_learner_steps(run_dir, min_steps: int, timeout: float, proc=None) -
       return False
     time.sleep(0.2)
   return False
+
+
+def assert_trains(procs, run_dir, min_steps: int, timeout: float) -> None:
+  """Waits for `min_steps` learner steps of the launch(es) `procs` (the first one
+  writes `run_dir`); if they never come, kills every process of every launch
+  (a failed test must leave none behind) and fails with the first one's output."""
+  procs = list(procs) if isinstance(procs, (list, tuple)) else [procs]
+  if wait_for_learner_steps(run_dir, min_steps, timeout, procs[0]):
+    return
+  for proc in procs:
+    try:
+      os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    proc.wait()
+  raise AssertionError(f"the learner never reached {min_steps} steps in {timeout:.0f}s:\n"
+                       f"{_output(procs[0])[-5000:]}")

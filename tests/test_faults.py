@@ -47,7 +47,7 @@ def _start_long_run(run_dir, *args):
   proc = helpers.start(helpers.train_command(run_dir, "--num_actors=2", *FAST,
                                              "--config.max_env_steps=100000000", *args),
                        env_overrides=ONE_DEVICE)
-  assert helpers.wait_for_learner_steps(run_dir, 3, 180, proc), "the learner never trained"
+  helpers.assert_trains(proc, run_dir, 3, 180)
   return proc
 
 
@@ -93,7 +93,7 @@ def test_a_killed_actor_is_restarted_and_counted(tmp_path):
   proc = helpers.start(helpers.train_command(run_dir, "--num_actors=2", *FAST,
                                              "--config.max_env_steps=50000"),
                        env_overrides=ONE_DEVICE)
-  assert helpers.wait_for_learner_steps(run_dir, 3, 180, proc), "the learner never trained"
+  helpers.assert_trains(proc, run_dir, 3, 180)
   first_pid = _node_pids(run_dir)["actor_0"]
   os.kill(first_pid, signal.SIGKILL)
   code, out, left = helpers.finish(proc, timeout=240)
@@ -112,7 +112,7 @@ def test_losing_every_actor_with_no_restarts_left_is_an_error(tmp_path):
                                              "--config.max_env_steps=100000000",
                                              "--config.actor_restarts=0"),
                        env_overrides=ONE_DEVICE)
-  assert helpers.wait_for_learner_steps(run_dir, 3, 180, proc), "the learner never trained"
+  helpers.assert_trains(proc, run_dir, 3, 180)
   os.kill(_node_pids(run_dir)["actor"], signal.SIGKILL)
   code, out, left = helpers.finish(proc, timeout=90)
   assert not left, f"processes left behind: {[p.cmdline() for p in left]}"

@@ -50,7 +50,7 @@ def _start_long_pod(run_dir, launch_types=("local_mt", "local_mt")):
       f"--pod_process_id={i}", f"--lp_launch_type={launch_type}", *SMALL,
       "--config.max_learner_steps=100000"),
       env_overrides=TWO_DEVICES) for i, launch_type in enumerate(launch_types)]
-  assert helpers.wait_for_learner_steps(run_dir, 5, 180, procs[0]), "the pod never trained"
+  helpers.assert_trains(procs, run_dir, 5, 180)
   return procs
 
 
@@ -181,7 +181,7 @@ def test_two_local_mp_hosts_learn_cartpole_with_the_pods_counters(tmp_path):
                      "JAX_PLATFORMS": ""})
       for i in range(2)]
   host_dirs = [run_dir, os.path.join(run_dir, "hosts", "1")]
-  assert helpers.wait_for_learner_steps(run_dir, 5, 180, procs[0]), "the pod never trained"
+  helpers.assert_trains(procs, run_dir, 5, 180)
   for host_dir in host_dirs:
     with open(os.path.join(host_dir, "nodes.json")) as f:
       pids = json.load(f)

@@ -106,7 +106,7 @@ def test_signal_stops_every_node_and_writes_final_checkpoint(tmp_path, launch_ty
       helpers.train_command(run_dir, f"--lp_launch_type={launch_type}", "--num_actors=2",
                             *FAST, "--config.max_env_steps=100000000"),
       env_overrides=ONE_DEVICE)
-  assert helpers.wait_for_learner_steps(run_dir, 5, 180, proc), "the learner never trained"
+  helpers.assert_trains(proc, run_dir, 5, 180)
   # Signal the whole process group, as a terminal's Ctrl-C does.
   os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
   code, out, left = helpers.finish(proc, timeout=60)
