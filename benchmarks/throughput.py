@@ -73,9 +73,8 @@ def load_config(path=None):
 def raw_env_rate(config, seconds=3.0, repeats=3):
   """Best of `repeats` windows: other load on a shared machine only lowers a rate,
   and a low (a) would inflate every ratio to it."""
-  import envs
-  env = envs.make_vector_env(config.env_id, config.envs_per_actor, seed=0,
-                             backend=config.env_backend)
+  from podmeta import builder
+  env = builder.vector_env(config, config.envs_per_actor, seed=0)
   rng = np.random.default_rng(0)
   n = env.num_envs
   num_actions = env.single_action_space.n
@@ -107,8 +106,7 @@ def actor_rate(config, seconds=8.0, on_device=False):
   client = reverb.Client(f"localhost:{server.port}")
   learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
   stop = threading.Event()
-  actor = Actor(env=envs.make_vector_env(config.env_id, config.envs_per_actor, seed=0,
-                                         backend=config.env_backend),
+  actor = Actor(env=builder.vector_env(config, config.envs_per_actor, seed=0),
                 network=builder.make_network(config, spec),
                 variable_source=learning.OnDeviceVariables(learner) if on_device else learner,
                 writer=replay_lib.UnrollWriter(client, builder.make_spec(config, spec),
