@@ -157,7 +157,11 @@ def main(argv):
         pod_lib.initialize(pod)
       except RuntimeError as e:  # jax.distributed could not join the pod
         raise ValueError(f"cannot join the pod: {str(e).strip().splitlines()[0]}") from e
-    builder.preflight(config, run_dir)
+    if launch_type == "local_mp":
+      with supervisor.launcher_without_preallocation():
+        builder.preflight(config, run_dir)
+    else:  # this process is the learner's: its client must preallocate as usual
+      builder.preflight(config, run_dir)
   except ValueError as e:
     _fail(str(e))
 

@@ -22,6 +22,7 @@ SIGINT or SIGTERM to the launcher (also what a node's `lp.stop()` sends)
 asks every node to stop; a second SIGINT kills them at once.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -75,6 +76,29 @@ class _Node:
   @property
   def alive(self) -> bool:
     return self.process is not None and self.returncode is None
+
+
+# Read by jaxlib when it creates a GPU client (jaxlib/xla_client.py).
+_PREALLOCATE_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE"
+
+
+@contextlib.contextmanager
+def launcher_without_preallocation():
+  """The local_mp launcher's own JAX client, created inside, takes no GPU memory up front.
+
+  The launcher opens a JAX backend only for its checks before the start (device count,
+  a checkpoint's shapes); by default a GPU client reserves 75% of the device's memory,
+  which the learner's process then could not have. The variable is restored on exit, so
+  the nodes started afterwards inherit the user's setting; a user's own value is kept.
+  """
+  if _PREALLOCATE_ENV in os.environ:
+    yield
+    return
+  os.environ[_PREALLOCATE_ENV] = "false"
+  try:
+    yield
+  finally:
+    os.environ.pop(_PREALLOCATE_ENV, None)
 
 
 def describe_exit(returncode: int) -> str:

@@ -169,3 +169,21 @@ def _params_at(ckpt_dir, step):
   with ocp.CheckpointManager(ckpt_dir, item_names=("state", "counters")) as mngr:
     restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   return restored["state"]
+
+
+def test_local_mp_launchers_own_gpu_client_would_not_preallocate(monkeypatch):
+  # The launcher's checks open a JAX backend in its own process; on a GPU host that
+  # client must not reserve the memory the learner's process needs. What jaxlib
+  # builds a GPU client from is checked here (no GPU in CI); the nodes started
+  # afterwards see the environment as it was.
+  from jaxlib import xla_client
+  from podmeta import supervisor
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+  assert "preallocate" not in xla_client.generate_pjrt_gpu_plugin_options()
+  with supervisor.launcher_without_preallocation():
+    assert xla_client.generate_pjrt_gpu_plugin_options()["preallocate"] is False
+  assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")  # a user's own choice wins
+  with supervisor.launcher_without_preallocation():
+    assert xla_client.generate_pjrt_gpu_plugin_options()["preallocate"] is True
+  assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
