@@ -47,6 +47,11 @@ class LossOutput(NamedTuple):
   mean_rho: jnp.ndarray
 
 
+def _is_zero(coefficient) -> bool:
+  """True for a constant (Python number) 0; a traced coefficient is never."""
+  return isinstance(coefficient, (int, float)) and coefficient == 0
+
+
 def impala_loss(
     logits_t: chex.Array,
     values_t: chex.Array,
@@ -133,6 +138,13 @@ def impala_loss(
   value_loss = 0.5 * jnp.mean(mask * jnp.square(targets_tm1 - v_tm1))
   policy_loss = -jnp.mean(mask * logp_a * vtrace.pg_advantage)
   entropy = jnp.mean(mask * distribution.entropy(logits_t[:-1]))
-  loss = policy_loss + hyper.baseline_cost * value_loss - hyper.entropy_cost * entropy
+  loss = policy_loss
+  # A term whose coefficient is a constant 0 is left out rather than multiplied
+  # by 0: differentiated, 0 * x still runs x's backward pass (the meta-
+  # objective's value term, through every differentiated inner step).
+  if not _is_zero(hyper.baseline_cost):
+    loss = loss + hyper.baseline_cost * value_loss
+  if not _is_zero(hyper.entropy_cost):
+    loss = loss - hyper.entropy_cost * entropy
   return LossOutput(loss=loss, policy_loss=policy_loss, value_loss=value_loss,
                     entropy=entropy, mean_rho=jnp.sum(rho_tm1) / jnp.maximum(jnp.sum(mask), 1.0))

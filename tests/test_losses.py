@@ -200,3 +200,30 @@ def test_max_abs_reward_clips_exactly_like_clipped_rewards():
   assert not np.allclose(clipped[0], loss(rewards)[0])
   for a, b in zip(loss(rewards, max_abs_reward=0.0), loss(rewards)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_constant_zero_coefficient_drops_its_term_with_the_same_loss_and_gradients():
+  """The meta-objective's value term (baseline_cost 0.0) is left out of the graph,
+  not multiplied by 0: the loss and gradients equal a traced 0's, and the value
+  estimates get no gradient at all."""
+  rng = np.random.default_rng(3)
+  logits, values, actions, mu_logits, rewards, term, is_first = _unroll(
+      rng, episode_ends=((4, "terminated"),))
+
+  def loss_and_grads(hyper):
+    def f(v, lg):
+      return losses.impala_loss(lg, v, jnp.asarray(actions), jnp.asarray(mu_logits),
+                                jnp.asarray(rewards), 1.0 - jnp.asarray(term),
+                                jnp.asarray(is_first), hyper).loss
+    value, grads = jax.value_and_grad(f, argnums=(0, 1))(jnp.asarray(values), jnp.asarray(logits))
+    return (value,) + grads
+
+  constant = losses.LossHyperparams(discount=0.95, vtrace_lambda=0.9, entropy_cost=0.0,
+                                    baseline_cost=0.0)
+  traced = [np.asarray(x) for x in jax.jit(loss_and_grads)(
+      constant._replace(entropy_cost=jnp.float32(0.0), baseline_cost=jnp.float32(0.0)))]
+  dropped = [np.asarray(x) for x in loss_and_grads(constant)]
+  for a, b in zip(dropped, traced):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(dropped[1], 0.0)  # d loss / d V
+  assert np.abs(dropped[2]).max() > 0  # the policy gradient is still there
