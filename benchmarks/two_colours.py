@@ -70,6 +70,9 @@ _PARTIAL = flags.DEFINE_string(
 _RESULTS = flags.DEFINE_string("results_md", "RESULTS.md", "Markdown file to update.")
 _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw the table and plots from the shards.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes sharing the programs (one per core).")
+_MAX_LANES = flags.DEFINE_integer(
+    "max_lanes", 8, "Most lanes (vmapped seeds and values) in one program: larger groups "
+    "are split evenly (a final's 10 seeds run as 2 x 5); 0: no limit.")
 _WORKER_INDEX = flags.DEFINE_integer("worker_index", -1, "Internal: this process's share.")
 _SPEED = flags.DEFINE_bool("speed", False, "Only measure each method's steps/s (BENCHMARKS.md).")
 _SPEED_LANES = flags.DEFINE_integer("speed_lanes", 8, "Vmapped seeds per --speed program.")
@@ -179,6 +182,8 @@ def main(argv):
                          f"({', '.join(map(str, lib.KS))})")
   if _WORKERS.value < 1:
     raise app.UsageError("--workers must be at least 1")
+  if _MAX_LANES.value < 0:
+    raise app.UsageError("--max_lanes must be 0 (no limit) or more")
   # XLA's CPU thunk runtime runs these small-op scans about 20% slower than
   # the classic one (measured here); set before JAX starts its backend.
   if "xla_cpu_use_thunk_runtime" not in os.environ.get("XLA_FLAGS", ""):
@@ -192,7 +197,8 @@ def main(argv):
     deadline = _DEADLINE.value or None
     finished = lib.run_jobs(phase_jobs(_PHASE.value, methods, out), out, _LOG_EVERY.value,
                             _SWAP_EVERY.value, 60 * _SAVE_EVERY.value, deadline,
-                            (_WORKER_INDEX.value, _WORKERS.value), partial_dir=_PARTIAL.value)
+                            (_WORKER_INDEX.value, _WORKERS.value), partial_dir=_PARTIAL.value,
+                            max_lanes=_MAX_LANES.value)
     sys.exit(0 if finished else 3)
   deadline = time.time() + 60 * _MAX_MINUTES.value if _MAX_MINUTES.value else None
   if not _REPLOT.value:

@@ -415,19 +415,33 @@ def assign(groups: Sequence, workers: int) -> List[List]:
   return shares
 
 
+def split_lanes(group: Sequence, max_lanes: int) -> List[List]:
+  """A program's lanes cut into the fewest programs of at most `max_lanes`
+  (0: no limit), as equal in size as they can be, in order."""
+  n = len(group)
+  parts = -(-n // max_lanes) if max_lanes else 1
+  return [list(group[i * n // parts:(i + 1) * n // parts]) for i in range(parts)]
+
+
 def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int,
              swap_every: int, save_every_seconds: float, deadline: Optional[float],
-             worker: Tuple[int, int] = (0, 1), partial_dir: Optional[str] = None) -> bool:
+             worker: Tuple[int, int] = (0, 1), partial_dir: Optional[str] = None,
+             max_lanes: int = 0) -> bool:
   """jobs: (phase, setting, seed, steps). Runs those without a shard, grouped by program.
 
   `worker` = (index, count): this process runs its share of the groups.
+  `max_lanes` caps a program's lanes: a final's 10 seeds as two programs of 5
+  run on both workers and write their shards twice as soon, which matters
+  when a 10M-step program takes most of a working session.
   Running programs save their state under `partial_dir` (default: out/_partial).
   Returns False if the deadline stopped it.
   """
   todo = [j for j in jobs if _read_shard(shard_path(out, j[0], j[1], j[2])) is None]
-  groups: Dict[Tuple, List] = {}
+  by_program: Dict[Tuple, List] = {}
   for job in todo:
-    groups.setdefault((job[0], job[1].program, job[3]), []).append(job)
+    by_program.setdefault((job[0], job[1].program, job[3]), []).append(job)
+  groups = {(key, i): part for key, group in by_program.items()
+            for i, part in enumerate(split_lanes(group, max_lanes))}
   # Cheapest programs first (the headline methods first among equals), so that
   # a run stopped by its deadline has written the shards of as many settings,
   # and of the ones that matter most, as it could.

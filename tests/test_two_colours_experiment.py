@@ -98,6 +98,24 @@ def test_protocol_resumes_from_shards_and_partial_state_and_writes_the_report(tm
   assert os.path.exists(os.path.join(out, "entropy_cost_swaps.png"))
 
 
+def test_a_program_too_wide_for_max_lanes_runs_as_even_parts(tmp_path):
+  assert [len(p) for p in lib.split_lanes(list(range(10)), 8)] == [5, 5]
+  assert [len(p) for p in lib.split_lanes(list(range(7)), 3)] == [2, 2, 3]
+  assert lib.split_lanes(list(range(10)), 0) == [list(range(10))]
+  assert sum(lib.split_lanes(list(range(10)), 4), []) == list(range(10))
+  # Three lanes as programs of one and two: each lane's run is the one it has
+  # in a single program (lanes are independent).
+  out = str(tmp_path / "shards")
+  jobs = [("tune", s, 0, 2_048) for s in lib.grid("fixed")[1:4]]
+  assert lib.run_jobs(jobs, out, 1_024, 1_024, save_every_seconds=1e9, deadline=None,
+                      max_lanes=2)
+  shards = {s["setting"]: s for s in lib.load_shards(out, "tune")}
+  assert sorted(s["lanes"] for s in shards.values()) == [1, 2, 2]
+  whole = lib.run_lanes([j[1] for j in jobs], [0] * 3, 2_048, 1_024, 1_024)
+  for r in whole:
+    np.testing.assert_allclose(shards[r["setting"]]["reward"], r["reward"])
+
+
 def test_published_ci_and_welch_against_references():
   mean, half = report.mean_ci([1.0, 2.0, 3.0])
   # t(0.975, 2) = 4.3027; sd = 1; half-width = 4.3027 / sqrt(3).
