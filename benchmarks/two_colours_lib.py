@@ -440,14 +440,13 @@ def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int
   by_program: Dict[Tuple, List] = {}
   for job in todo:
     by_program.setdefault((job[0], job[1].program, job[3]), []).append(job)
-  groups = {(key, i): part for key, group in by_program.items()
-            for i, part in enumerate(split_lanes(group, max_lanes))}
+  groups = [part for group in by_program.values() for part in split_lanes(group, max_lanes)]
   # Cheapest programs first (the headline methods first among equals), so that
   # a run stopped by its deadline has written the shards of as many settings,
   # and of the ones that matter most, as it could.
   def order(group):
     return _estimated_cost(group), group[0][1].method not in HEADLINE
-  for group in sorted(assign(list(groups.values()), worker[1])[worker[0]], key=order):
+  for group in sorted(assign(groups, worker[1])[worker[0]], key=order):
     phase, steps = group[0][0], group[0][3]
     settings = [j[1] for j in group]
     seeds = [j[2] for j in group]
