@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= launch/configs/cartpole_impala.py
 ARGS ?=
 
-.PHONY: setup train test bench bench-actors bench-meta results bmg-ablations recovery soak lock clean
+.PHONY: setup train test bench bench-solve bench-actors bench-meta results bmg-ablations recovery soak lock clean
 
 setup:
 	@bash scripts/install.sh
@@ -18,6 +18,11 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.throughput $(ARGS)
+
+# Seconds from process start to a mean CartPole return of 475, per config and launch
+# mode, two seeds each (~5 minutes) -> BENCHMARKS.md.
+bench-solve: setup
+	$(PY) -m benchmarks.time_to_return $(ARGS)
 
 # End-to-end env steps/s for 1..64 actors in local_mp; a table and plot in BENCHMARKS.md.
 bench-actors: setup

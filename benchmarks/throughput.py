@@ -37,7 +37,12 @@ import numpy as np
 
 from benchmarks import markdown
 
-_CONFIG = flags.DEFINE_string("config", "launch/configs/cartpole_impala.py", "Config file.")
+_CONFIG = flags.DEFINE_string("config", "launch/configs/cartpole_impala.py",
+                              "Config of the gymnasium rows and of (c).")
+_ENVPOOL_CONFIG = flags.DEFINE_string(
+    "envpool_config", "launch/configs/cartpole_envpool.py",
+    "Config of the EnvPool rows: its lean shape (many envs per actor, large batches); "
+    "'' runs them on --config with env_backend=envpool.")
 _NUM_ACTORS = flags.DEFINE_list("num_actors", ["1", "2", "4"], "Actor counts for (d).")
 _MODES = flags.DEFINE_list("modes", ["local_mt", "local_mp"], "Launch modes for (d).")
 _BACKENDS = flags.DEFINE_list("backends", ["gymnasium", "envpool"], "Env backends (a, b, d).")
@@ -161,14 +166,20 @@ _ON_DEVICE = ["--config.inference=accelerator", "--config.actor_device_ids=(1,)"
               "--config.learner_device_ids=(0,)"]
 
 
-def end_to_end_rate(num_actors, mode, seconds, warmup, extra_args=(), devices=1):
-  """Env steps/s of a real launch, from the learner's log after `warmup` seconds,
-  and its start-up (the summary's seconds from process start to the learner's
-  milestones)."""
+def backend_config(backend):
+  """(config path, Config) of a backend's rows."""
+  path = _ENVPOOL_CONFIG.value if backend == "envpool" and _ENVPOOL_CONFIG.value else _CONFIG.value
+  return path, load_config(path).replace(env_backend=backend)
+
+
+def end_to_end_rate(num_actors, mode, seconds, warmup, extra_args=(), devices=1, config=None):
+  """Env steps/s of a real launch (of `config`, a path; default --config), from
+  the learner's log after `warmup` seconds, and its start-up (the summary's
+  seconds from process start to the learner's milestones)."""
   from podmeta import loggers
   with tempfile.TemporaryDirectory() as tmp:
     run_dir = os.path.join(tmp, "run")
-    cmd = [sys.executable, "-m", "launch.train", f"--config={_CONFIG.value}",
+    cmd = [sys.executable, "-m", "launch.train", f"--config={config or _CONFIG.value}",
            f"--run_dir={run_dir}", f"--num_actors={num_actors}", f"--lp_launch_type={mode}",
            "--config.max_env_steps=0", f"--config.max_seconds={seconds}",
            "--config.log_every_seconds=2", *extra_args]
@@ -217,6 +228,26 @@ def pin_to_one_core() -> int:
   return core
 
 
+def _keep_previous_rows(results):
+  """A run of some backends keeps the last run's rows of the others (dated),
+  so that `--backends=envpool` does not drop the gymnasium rows, and the
+  last Atari rows until its --atari_only process replaces them."""
+  path = os.path.join(_OUT.value, "throughput.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    previous = json.load(f)
+  for backend, rows in previous.get("backends", {}).items():
+    if backend not in results["backends"]:
+      rows.setdefault("date", previous.get("date"))
+      rows.setdefault("config", previous.get("config"))
+      rows.setdefault("envs_per_actor", previous.get("envs_per_actor"))
+      rows.setdefault("batch_size", previous.get("batch_size"))
+      results["backends"][backend] = rows
+  if "atari" not in results and "atari" in previous:
+    results["atari"] = previous["atari"]  # measured by its own --atari_only process
+
+
 def write_outputs(results):
   os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, "throughput.json"), "w") as f:
@@ -224,9 +255,13 @@ def write_outputs(results):
   _plot(results, os.path.join(_OUT.value, "throughput.png"))
   lines = [
       f"Measured {results['date']} on {results['machine']} with "
-      f"`{results['command']}` (config `{results['config']}`, "
-      f"{results['envs_per_actor']} envs per actor, unrolls of {results['unroll_length']}, "
-      f"batches of {results['batch_size']}). Ratios are to the same backend's (a).",
+      f"`{results['command']}`, unrolls of {results['unroll_length']}. Each backend runs "
+      f"its own config: " + "; ".join(
+          f"{b} ({r.get('date', results['date'])}): `{r.get('config', results['config'])}`, "
+          f"{r.get('envs_per_actor', results['envs_per_actor'])} envs per actor, batches of "
+          f"{r.get('batch_size', results['batch_size'])}" for b, r in results["backends"].items())
+      + ". Ratios are to the same backend's (a), at its envs per actor; (c) is "
+      f"`{results['config']}`'s batch.",
       "",
       "| backend | what | env steps/s | ratio to (a) | start-up s: learner built / first "
       "batch / first update |",
@@ -331,8 +366,10 @@ def main(argv):
   results["learner_env_steps_per_second"], results["learner_devices"] = rate, devices
   results["backends"] = {}
   for backend in _BACKENDS.value:
-    cfg = config.replace(env_backend=backend)
-    rows = results["backends"][backend] = {}
+    path, cfg = backend_config(backend)
+    rows = results["backends"][backend] = {
+        "config": path, "envs_per_actor": cfg.envs_per_actor, "batch_size": cfg.batch_size,
+        "date": results["date"]}
     print(f"{backend}: (a) raw vector env ...", flush=True)
     rows["raw_env_steps_per_second"] = raw_env_rate(cfg)
     print(f"{backend}: (b) one actor ...", flush=True)
@@ -347,11 +384,12 @@ def main(argv):
         rate, startup = end_to_end_rate(
             n, mode, _SECONDS.value, _WARMUP.value,
             [f"--config.env_backend={backend}", *(_ON_DEVICE if on_device else [])],
-            devices=2 if on_device else 1)
+            devices=2 if on_device else 1, config=path)
         rows["end_to_end"].append({"mode": mode, "inference": inference, "num_actors": n,
                                    "env_steps_per_second": rate, "startup_seconds": startup})
     # (a) again at the end, so a busy moment at the start cannot set the baseline.
     rows["raw_env_steps_per_second"] = max(rows["raw_env_steps_per_second"], raw_env_rate(cfg))
+  _keep_previous_rows(results)
   write_outputs(results)
   print(json.dumps(results, indent=2))
   if _ATARI_CONFIG.value:

@@ -110,6 +110,10 @@ class StartupClock:
     self._launch_time = launch_time
     self.marks = {}
 
+  def since_launch(self) -> Optional[float]:
+    """Seconds since the launcher's process started, None without a launch time."""
+    return None if self._launch_time is None else round(time.time() - self._launch_time, 3)
+
   def mark(self, name: str) -> None:
     if self._launch_time is not None and name not in self.marks:
-      self.marks[name] = round(time.time() - self._launch_time, 3)
+      self.marks[name] = self.since_launch()

@@ -480,6 +480,9 @@ class LearnerNode(core.Worker, core.VariableSource):
     now = time.monotonic()
     row = self._run.log_fields()
     row.update(learner_steps=self._learner.step_count, wall_seconds=now - self._start)
+    since_launch = self._startup.since_launch()
+    if since_launch is not None:  # what a user waited for this row, start-up included
+      row["seconds_since_launch"] = since_launch
     row.update(window.close(now, self._learner.step_count, row["env_steps"],
                             self._env_steps_per_batch))
     row.update(self._progress.fields(self._total_env_steps(), self._learner.step_count, now))
