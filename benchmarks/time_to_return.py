@@ -23,7 +23,6 @@ import time
 
 from absl import app
 from absl import flags
-import numpy as np
 
 from benchmarks import markdown
 
@@ -49,19 +48,6 @@ BEGIN, END = "<!-- time_to_return:begin -->", "<!-- time_to_return:end -->"
 _MARKS = ("learner_built", "first_learner_step")
 
 
-def first_crossing(log: dict, target: float):
-  """(seconds since launch, env steps) of the first log row whose mean
-  training return is at least `target`; (None, None) if none is."""
-  returns = log.get("episode_return_mean")
-  if returns is None or "seconds_since_launch" not in log:
-    return None, None
-  hit = np.flatnonzero(np.nan_to_num(returns, nan=-np.inf) >= target)
-  if not len(hit):
-    return None, None
-  i = hit[0]
-  return float(log["seconds_since_launch"][i]), int(log["env_steps"][i])
-
-
 def run_one(config: str, mode: str, seed: int) -> dict:
   from podmeta import loggers
   with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +66,7 @@ def run_one(config: str, mode: str, seed: int) -> dict:
     log = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
     with open(os.path.join(run_dir, "summary.json")) as f:
       summary = json.load(f)
-  seconds, steps = first_crossing(log, _TARGET.value)
+  seconds, steps = loggers.first_crossing(log, _TARGET.value)
   return {"seed": seed, "seconds_to_target": seconds, "env_steps_at_target": steps,
           "startup_seconds": summary.get("startup_seconds") or {},
           "env_steps_per_second": summary.get("env_steps_per_second"),

@@ -177,3 +177,17 @@ def read_csv(path: str) -> Dict[str, np.ndarray]:
     return {}
   return {k: np.array([float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows])
           for k in rows[0]}
+
+
+def first_crossing(log: Dict[str, np.ndarray], target: float,
+                   column: str = "episode_return_mean",
+                   time_column: str = "seconds_since_launch"):
+  """(time, env steps) of the first row of a learner log (`read_csv`) whose
+  `column` is at least `target`; (None, None) if none is."""
+  values = log.get(column)
+  if values is None or time_column not in log:
+    return None, None
+  hit = np.flatnonzero(np.nan_to_num(values, nan=-np.inf) >= target)
+  if not len(hit):
+    return None, None
+  return float(log[time_column][hit[0]]), int(log["env_steps"][hit[0]])

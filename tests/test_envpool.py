@@ -134,7 +134,6 @@ def test_the_actors_envpool_runs_on_the_configured_threads():
 
 
 def test_the_lean_envpool_config_learns_cartpole(tmp_path):
-  from benchmarks.time_to_return import first_crossing
   from podmeta import loggers
   run_dir, cache = str(tmp_path / "run"), tmp_path / "jax_cache"
   code, out, left = helpers.run(
@@ -159,9 +158,9 @@ def test_the_lean_envpool_config_learns_cartpole(tmp_path):
   log = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
   since = log["seconds_since_launch"]
   assert since[0] >= marks["learner_built"] and np.all(np.diff(since) > 0), since
-  seconds, steps = first_crossing(log, 400.0)
+  seconds, steps = loggers.first_crossing(log, 400.0)
   assert seconds is not None and 0 < steps <= s["env_steps"], (seconds, steps)
-  assert first_crossing(log, 501.0) == (None, None)  # CartPole-v1's returns stop at 500
+  assert loggers.first_crossing(log, 501.0) == (None, None)  # CartPole-v1's returns stop at 500
   # The compiled update and policy are in the persistent cache for the next run.
   names = [p.name for p in cache.iterdir()]
   assert any(n.startswith("pmap_update") for n in names), names
