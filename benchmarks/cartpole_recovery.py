@@ -78,9 +78,8 @@ def run_one(args: List[str], seed: int, steps: int) -> Dict[str, list]:
 
 
 def first_crossing(result) -> float:
-  ret = np.asarray(result["episode_return_mean"])
-  hit = np.nonzero(ret >= THRESHOLD)[0]
-  return float(result["env_steps"][hit[0]]) if len(hit) else float("nan")
+  i = loggers.first_row_at_least(result, "episode_return_mean", THRESHOLD)
+  return float("nan") if i is None else float(result["env_steps"][i])
 
 
 def table(results: Dict[str, List[dict]], steps: int) -> str:

@@ -90,9 +90,8 @@ def run_one(args: List[str], seed: int, steps: int) -> dict:
 
 
 def first_crossing(result: dict, threshold: float) -> float:
-  ret = np.asarray(result["episode_return_mean"], float)
-  hit = np.nonzero(np.nan_to_num(ret, nan=-np.inf) >= threshold)[0]
-  return float(result["env_steps"][hit[0]]) if len(hit) else float("nan")
+  i = loggers.first_row_at_least(result, "episode_return_mean", threshold)
+  return float("nan") if i is None else float(result["env_steps"][i])
 
 
 def table(results: Dict[str, List[dict]], task: Task) -> str:

@@ -257,9 +257,8 @@ def write_outputs(results):
       f"Measured {results['date']} on {results['machine']} with "
       f"`{results['command']}`, unrolls of {results['unroll_length']}. Each backend runs "
       f"its own config: " + "; ".join(
-          f"{b} ({r.get('date', results['date'])}): `{r.get('config', results['config'])}`, "
-          f"{r.get('envs_per_actor', results['envs_per_actor'])} envs per actor, batches of "
-          f"{r.get('batch_size', results['batch_size'])}" for b, r in results["backends"].items())
+          f"{b} ({r['date']}): `{r['config']}`, {r['envs_per_actor']} envs per actor, "
+          f"batches of {r['batch_size']}" for b, r in results["backends"].items())
       + ". Ratios are to the same backend's (a), at its envs per actor; (c) is "
       f"`{results['config']}`'s batch.",
       "",

@@ -66,16 +66,18 @@ def run_one(config: str, mode: str, seed: int) -> dict:
     log = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
     with open(os.path.join(run_dir, "summary.json")) as f:
       summary = json.load(f)
-  seconds, steps = loggers.first_crossing(log, _TARGET.value)
-  return {"seed": seed, "seconds_to_target": seconds, "env_steps_at_target": steps,
+  i = loggers.first_row_at_least(log, "episode_return_mean", _TARGET.value)
+  return {"seed": seed,
+          "seconds_to_target": None if i is None else float(log["seconds_since_launch"][i]),
+          "env_steps_at_target": None if i is None else int(log["env_steps"][i]),
           "startup_seconds": summary.get("startup_seconds") or {},
           "env_steps_per_second": summary.get("env_steps_per_second"),
           "process_seconds": process_seconds}
 
 
-def _seconds(runs, key="seconds_to_target"):
-  values = [r[key] for r in runs]
-  return "/".join("never" if v is None else f"{v:.1f}" for v in values)
+def _seconds(runs):
+  return "/".join("never" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
+                  for r in runs)
 
 
 def write_outputs(results: dict) -> None:

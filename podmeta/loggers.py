@@ -10,7 +10,7 @@ import numbers
 import os
 import sys
 import time
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -179,15 +179,12 @@ def read_csv(path: str) -> Dict[str, np.ndarray]:
           for k in rows[0]}
 
 
-def first_crossing(log: Dict[str, np.ndarray], target: float,
-                   column: str = "episode_return_mean",
-                   time_column: str = "seconds_since_launch"):
-  """(time, env steps) of the first row of a learner log (`read_csv`) whose
-  `column` is at least `target`; (None, None) if none is."""
-  values = log.get(column)
-  if values is None or time_column not in log:
-    return None, None
-  hit = np.flatnonzero(np.nan_to_num(values, nan=-np.inf) >= target)
-  if not len(hit):
-    return None, None
-  return float(log[time_column][hit[0]]), int(log["env_steps"][hit[0]])
+def first_row_at_least(log: Mapping[str, Sequence[float]], column: str,
+                       target: float) -> Optional[int]:
+  """Index of the first row of a log (`read_csv`'s columns, or lists of them)
+  whose `column` is at least `target` (missing values never are); None if
+  no row is or the column is absent."""
+  if column not in log:
+    return None
+  hit = np.flatnonzero(np.nan_to_num(np.asarray(log[column], float), nan=-np.inf) >= target)
+  return int(hit[0]) if len(hit) else None
