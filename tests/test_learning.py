@@ -71,8 +71,14 @@ def test_learner_trains_on_clipped_rewards(meta):
   def step(c, b):
     update, state = builder.make_update_and_state(c, spec, axis_name=None)
     new_state, metrics = jax.jit(update)(state, b)
-    return jax.tree.leaves(new_state.params) + [metrics["loss"] if "loss" in metrics
-                                                  else metrics["meta_loss"]]
+    leaves = jax.tree.leaves(new_state.params) + [metrics["loss"]]
+    if c.meta.enabled:
+      # K = L = 1: the ring is full at once, so this step's meta-update is real.
+      # The ring and the reward context keep the raw rewards, as the world paid them.
+      assert metrics["meta_active"] == 1.0
+      leaves += jax.tree.leaves((new_state.meta.params, new_state.meta.opt_state))
+      leaves += [metrics["meta_loss"]]
+    return leaves
 
   with_clipping = step(config.replace(max_abs_reward=1.0), batch)
   for a, b in zip(with_clipping, step(config, clipped)):

@@ -84,7 +84,7 @@ class Problem:
 
   def inner(self, w):
     return self.objective.inner(w, self.params, self.opt_state, self.inner_batches,
-                                self.contexts)[0]
+                                self.contexts).params
 
 
 def _directional_fd(f, w, direction, eps=1e-5):
