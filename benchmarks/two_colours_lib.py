@@ -21,38 +21,17 @@ import numpy as np
 
 import envs
 from envs import two_colours
+from launch.configs import two_colours_bmg as paper_config
 from podmeta import builder
 from podmeta import learning
 from podmeta.config import Config
 from podmeta.meta import update as meta_update
 from podmeta.types import Trajectory
 
-# The agent of Luketina et al. 2022 (Sec. 4, App. A, Table 3): separate 2x256
-# ReLU policy and value MLPs, SGD at 0.1, an update every 16 steps on that
-# rollout, discount 0.99.
-#
-# Two choices the paper does not state (RESULTS.md has the measurements): the
-# value term's weight is IMPALA's 0.5 (on 0.5 * squared error), and the
-# agent's gradient is clipped to global norm 2. Without any clip, rare large
-# steps saturate the policy (entropy 0: the agent can stop collecting for
-# good, or its parameters go NaN). A clip at norm 5 (stop 15) only cut those
-# spikes on 1M-step runs, but over 10M steps the policy still saturated on 6
-# of 10 seeds, starting at colour swaps; at norm 2 (active on about a quarter
-# of the updates) no seed saturated over 3M steps and the agent earned 1.8x
-# more. Norm 1 clips most updates and learns slower.
-AGENT = dict(
-    env_id=two_colours.ENV_ID, hidden_sizes=(256, 256), shared_torso=False, optimizer="sgd",
-    learning_rate=0.1, max_grad_norm=2.0, unroll_length=16, batch_size=1, discount=0.99,
-    vtrace_lambda=1.0, baseline_cost=0.5, entropy_cost=0.0,
-    # Unused here (no actors, replay or launch) but must validate.
-    replay_max_size=64, min_replay_size=1, max_env_steps=1)
-
-# Meta-learning: only the entropy cost, a sigmoid in (0, 1) starting in the
-# middle; with context, the 2x64 ReLU meta-network pre-trained to output it.
-META = dict(hyperparams={"entropy_cost": {"init": 0.5, "low": 0.0, "high": 1.0}},
-            context_window=10, context_normalisation="lifetime", meta_hidden_sizes=(64, 64),
-            meta_pretrain_steps=1000, adam_eps=1e-4, max_grad_norm=1.0,
-            target_data="online", matching="kl", target_update="agent")
+# The paper's agent and meta setup, defined once with the distributed
+# config of the same experiment.
+AGENT = paper_config.PAPER_AGENT
+META = paper_config.PAPER_META
 
 FIXED_COSTS = (0.0, 0.1, 0.2, 0.4, 0.8)
 META_LRS = (1e-3, 1e-4, 1e-5, 1e-6)

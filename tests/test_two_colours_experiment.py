@@ -191,3 +191,20 @@ def test_a_saved_run_is_named_by_the_agent_it_ran_with():
   assert not lib.made_with_this_agent(dict(run, agent=lib.agent_digest()))
   assert not lib.made_with_this_agent({"spec": {}, "agent": lib.agent_digest(other)})
   assert lib.made_with_this_agent({"spec": {}, "agent": lib.agent_digest()})  # older shards
+
+
+def test_the_distributed_config_runs_the_protocols_agent_and_meta_setup():
+  """launch/configs/two_colours_bmg.py changes only the scale of the protocol's agent."""
+  from launch.configs import two_colours_bmg
+  from podmeta.config import Config
+  config = Config.from_mapping(two_colours_bmg.get_config().to_dict())
+  scale = {"batch_size", "replay_max_size", "min_replay_size", "max_env_steps"}
+  for name, value in lib.AGENT.items():
+    if name not in scale:
+      assert getattr(config, name) == value, name
+  assert config.num_actors * config.envs_per_actor >= config.batch_size > 1
+  for name, value in lib.META.items():
+    if name != "hyperparams":
+      assert getattr(config.meta, name) == value, name
+  assert config.meta.hyperparams["entropy_cost"].init == 0.5
+  assert (config.meta.method, config.meta.context, config.meta.target_steps) == ("bmg", "reward", 8)
