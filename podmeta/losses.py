@@ -1,7 +1,7 @@
 """The IMPALA / V-trace actor-critic loss (Espeholt et al. 2018, arXiv 1802.01561).
 
 The math is unbatched, over one unroll of T+1 time steps; callers vmap it over
-the batch. Time indexing follows the trajectory schema (`podmeta.replay`):
+the batch. Time indexing follows the trajectory schema (`podmeta.types`):
 step t holds the observation x_t, the reward r_t and termination flag that
 arrived with it, whether x_t starts an episode, and the action a_t taken at
 x_t with its behaviour logits. Transition t is x_t -a_t-> x_{t+1}.
