@@ -1,14 +1,22 @@
 """Config validation: every bad field is named in a ValueError."""
 
+import dataclasses
+
 import pytest
 
 from podmeta.config import Config
 
 
-def test_defaults_are_valid_and_frozen():
+def test_defaults_are_valid_frozen_and_round_trip():
   c = Config()
-  with pytest.raises(Exception):
-    c.num_actors = 3  # frozen
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    c.num_actors = 3
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    c.meta.method = "bmg"
+  meta = Config.from_mapping(dict(meta=dict(method="bmg", hyperparams=dict(
+      entropy_cost=dict(init=0.1, low=0.0, high=0.5)))))
+  for config in (c, meta):
+    assert Config.from_mapping(config.to_dict()) == config
 
 
 @pytest.mark.parametrize("values, field", [
