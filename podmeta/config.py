@@ -13,13 +13,15 @@ from typing import Any, Mapping, Sequence, Tuple
 from podmeta.meta.config import MetaConfig
 from podmeta.validation import coerce
 
-_OPTIMIZERS = ("adam", "rmsprop", "sgd")
-_TORSOS = ("mlp", "conv", "impala_deep")
-ENV_BACKENDS = ("gymnasium", "envpool")
-INFERENCE = ("cpu", "accelerator")
-# Choices that podmeta.networks also checks against (it imports them from here).
+# Choice lists. podmeta.networks imports GAUSSIAN_STDS and CORES from here;
+# tests/test_config.py checks that OPTIMIZERS and TORSOS are exactly what
+# podmeta.learning and podmeta.networks build.
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+TORSOS = ("mlp", "conv", "impala_deep")
 GAUSSIAN_STDS = ("learned", "state")
 CORES = ("none", "lstm")
+ENV_BACKENDS = ("gymnasium", "envpool")
+INFERENCE = ("cpu", "accelerator")
 _REPLAYS = ("queue", "uniform")
 
 
@@ -233,7 +235,7 @@ def _validate(c: Config) -> None:
             field, "must be distinct device indices (non-negative integers)")
     require(c.inference == "accelerator" or not ids, field,
             "places the actors' policy and the learner only with inference='accelerator'")
-  require(c.torso in _TORSOS, "torso", f"must be one of {_TORSOS}")
+  require(c.torso in TORSOS, "torso", f"must be one of {TORSOS}")
   require(len(c.hidden_sizes) >= 1 and all(h >= 1 for h in c.hidden_sizes),
           "hidden_sizes", "must be a non-empty tuple of positive sizes")
   require(c.gaussian_std in GAUSSIAN_STDS, "gaussian_std", f"must be one of {GAUSSIAN_STDS}")
@@ -250,7 +252,7 @@ def _validate(c: Config) -> None:
   require(c.baseline_cost >= 0, "baseline_cost", "must be non-negative")
   require(c.max_abs_reward >= 0, "max_abs_reward", "must be non-negative (0: no clipping)")
   require(c.reward_scale > 0, "reward_scale", "must be positive")
-  require(c.optimizer in _OPTIMIZERS, "optimizer", f"must be one of {_OPTIMIZERS}")
+  require(c.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
   require(c.learning_rate > 0, "learning_rate", "must be positive")
   require(c.max_grad_norm >= 0, "max_grad_norm", "must be non-negative (0: no clipping)")
   require(0.0 < c.rmsprop_decay < 1.0, "rmsprop_decay", "must be in (0, 1)")

@@ -46,3 +46,19 @@ def test_from_mapping_coerces_types():
   assert c.hidden_sizes == (32, 32)
   assert c.num_actors == 4 and isinstance(c.num_actors, int)
   assert c.replace(num_actors=7).num_actors == 7
+
+
+def test_each_choice_list_matches_what_implements_it():
+  """The names a config validates against are exactly the ones the code builds."""
+  from podmeta import config as config_lib
+  from podmeta import learning
+  from podmeta import losses
+  from podmeta import networks
+  from podmeta.meta import config as meta_config
+  assert set(config_lib.TORSOS) == set(networks.TORSOS)
+  for name in config_lib.OPTIMIZERS:
+    learning.make_optimizer(name, 1e-3, 1.0)
+  with pytest.raises(ValueError, match="unknown optimizer"):
+    learning.make_optimizer("not_an_optimizer", 1e-3, 1.0)
+  assert set(meta_config.HYPERPARAMETERS) == set(losses.LossHyperparams._fields) | {
+      "learning_rate_scale"}
