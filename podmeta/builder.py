@@ -93,13 +93,11 @@ def outer_hyperparams(config: Config) -> losses.LossHyperparams:
 def make_parameterisation(config: Config) -> meta_params.Parameterisation:
   from podmeta.meta import params as meta_params
   m = config.meta
-  bounds = {name: meta_params.Bounded(p.init, p.low, p.high, p.transform)
-            for name, p in m.hyperparams.items()}
   if m.context == "reward":
-    return meta_params.Parameterisation(bounds, hidden_sizes=m.meta_hidden_sizes,
+    return meta_params.Parameterisation(m.hyperparams, hidden_sizes=m.meta_hidden_sizes,
                                         context_size=m.context_window,
                                         pretrain_steps=m.meta_pretrain_steps)
-  return meta_params.Parameterisation(bounds)
+  return meta_params.Parameterisation(m.hyperparams)
 
 
 def global_batch_size(config: Config) -> int:

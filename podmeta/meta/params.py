@@ -10,7 +10,7 @@ agent's situation (Flennerhag et al. 2021, arXiv 2109.04504, Section 5.1).
 """
 
 import functools
-from typing import Dict, Mapping, NamedTuple, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import haiku as hk
 import jax
@@ -18,29 +18,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from podmeta.meta.config import MetaParamConfig
 
-class Bounded(NamedTuple):
-  """A hyperparameter's initial value and the transform into its range."""
-  init: float
-  low: float = 0.0
-  high: float = 1.0
-  transform: str = "sigmoid"  # or "softplus": (low, inf), `high` unused
 
-  def constrain(self, raw: jnp.ndarray) -> jnp.ndarray:
-    if self.transform == "sigmoid":
-      return self.low + (self.high - self.low) * jax.nn.sigmoid(raw)
-    if self.transform == "softplus":
-      return self.low + jax.nn.softplus(raw)
-    raise ValueError(f"unknown transform {self.transform!r}")
+def constrain(p: MetaParamConfig, raw: jnp.ndarray) -> jnp.ndarray:
+  """The hyperparameter value an unconstrained meta-parameter maps to."""
+  if p.transform == "sigmoid":
+    return p.low + (p.high - p.low) * jax.nn.sigmoid(raw)
+  return p.low + jax.nn.softplus(raw)  # "softplus"; MetaConfig rejects any other
 
-  def unconstrained_init(self) -> float:
-    """The w that `constrain` maps to `init`."""
-    if self.transform == "sigmoid":
-      u = (self.init - self.low) / (self.high - self.low)
-      return float(np.log(u) - np.log1p(-u))
-    if self.transform == "softplus":
-      return float(np.log(np.expm1(self.init - self.low)))
-    raise ValueError(f"unknown transform {self.transform!r}")
+
+def unconstrained_init(p: MetaParamConfig) -> float:
+  """The w that `constrain` maps to `p.init`."""
+  if p.transform == "sigmoid":
+    u = (p.init - p.low) / (p.high - p.low)
+    return float(np.log(u) - np.log1p(-u))
+  return float(np.log(np.expm1(p.init - p.low)))
 
 
 class Parameterisation:
@@ -56,7 +49,7 @@ class Parameterisation:
   weights and the values' pre-images as the output bias.
   """
 
-  def __init__(self, bounds: Mapping[str, Bounded], hidden_sizes: Sequence[int] = (),
+  def __init__(self, bounds: Mapping[str, MetaParamConfig], hidden_sizes: Sequence[int] = (),
                context_size: int = 1, pretrain_steps: int = 0):
     if not bounds:
       raise ValueError("no hyperparameter to meta-learn")
@@ -65,7 +58,7 @@ class Parameterisation:
     self._hidden_sizes = tuple(hidden_sizes)
     self._context_size = context_size
     self._pretrain_steps = pretrain_steps
-    self._raw_init = np.array([self._bounds[n].unconstrained_init() for n in self._names],
+    self._raw_init = np.array([unconstrained_init(self._bounds[n]) for n in self._names],
                               np.float32)
     if self._hidden_sizes:
       exact = pretrain_steps == 0
@@ -102,8 +95,8 @@ class Parameterisation:
     """Hyperparameter values (scalars), each inside its bounds."""
     if self.uses_context:
       raw = self._net.apply(meta_params, jnp.reshape(context, (self._context_size,)))
-      return {n: self._bounds[n].constrain(raw[i]) for i, n in enumerate(self._names)}
-    return {n: self._bounds[n].constrain(meta_params[n]) for n in self._names}
+      return {n: constrain(self._bounds[n], raw[i]) for i, n in enumerate(self._names)}
+    return {n: constrain(self._bounds[n], meta_params[n]) for n in self._names}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
