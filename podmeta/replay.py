@@ -1,4 +1,4 @@
-"""The trajectory schema, Reverb tables, the unroll writer and the batch iterator.
+"""Reverb tables, the unroll writer and the batch iterator.
 
 The schema (`Trajectory`, `trajectory_spec`) lives in `podmeta.types` and is
 used by both the writer (actors) and the reader (learner). An unroll is T+1 steps of one
@@ -22,8 +22,7 @@ import numpy as np
 import reverb
 import tensorflow as tf
 
-from podmeta.types import Spec, Trajectory, per_unroll, trajectory_spec  # re-exported: the schema
-from podmeta.types import unrolls_per_item  # re-exported
+from podmeta.types import Trajectory, per_unroll
 
 TABLE = "unrolls"
 

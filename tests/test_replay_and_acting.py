@@ -14,6 +14,7 @@ from podmeta import replay as replay_lib
 from podmeta.acting import Actor
 from podmeta.acting import VariableClient
 from podmeta.config import Config
+from podmeta.types import Trajectory
 
 
 @pytest.fixture
@@ -37,11 +38,11 @@ def _read(address, n_unrolls, batch_size, group):
     batch = reader.next()
     assert batch is not None, "replay ran dry"
     out.append(batch)
-  return replay_lib.Trajectory(*[np.concatenate(x) for x in zip(*out)])
+  return Trajectory(*[np.concatenate(x) for x in zip(*out)])
 
 
 def _steps(rng, num_envs, n, first_version=0):
-  return [replay_lib.Trajectory(
+  return [Trajectory(
       observation=rng.normal(size=(num_envs, 3)).astype(np.float32),
       action=rng.integers(0, 5, num_envs).astype(np.int32),
       reward=rng.normal(size=num_envs).astype(np.float32),
@@ -91,7 +92,7 @@ def test_schema_round_trips_with_one_step_overlap(server_factory):
   rng = np.random.default_rng(0)
   written = []
   for t in range(steps):
-    step = replay_lib.Trajectory(
+    step = Trajectory(
         observation=rng.normal(size=(num_envs, 3)).astype(np.float32),
         action=rng.integers(0, 5, num_envs).astype(np.int32),
         reward=rng.normal(size=num_envs).astype(np.float32),
@@ -112,7 +113,7 @@ def test_schema_round_trips_with_one_step_overlap(server_factory):
   for u in range(2):
     for e in range(num_envs):
       got = jax.tree.map(lambda x: x[u * num_envs + e], items)
-      for field in replay_lib.Trajectory._fields:
+      for field in Trajectory._fields:
         # core_state is stored once per unroll: the value at its first step.
         steps = 1 if field == "core_state" else 5
         expected = np.stack([getattr(written[4 * u + t], field)[e] for t in range(steps)])
