@@ -20,18 +20,14 @@ benchmarks/results/cartpole_recovery.{json,png}.
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 from typing import Dict, List
 
 from absl import app
 from absl import flags
-from absl import logging
 import numpy as np
 
 from benchmarks import markdown
-from podmeta import loggers
+from benchmarks import runs
 
 _STEPS = flags.DEFINE_integer("steps", 1_000_000, "Env steps per run.")
 _SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per configuration.")
@@ -45,7 +41,7 @@ TUNED_LR = 2e-3  # launch/configs/cartpole_impala.py
 THRESHOLD = 400.0
 
 
-def runs(poor: float) -> Dict[str, List[str]]:
+def configurations(poor: float) -> Dict[str, List[str]]:
   """Label -> launch.train arguments."""
   base = ["--config=launch/configs/cartpole_impala.py"]
   bmg = ["--config=launch/configs/cartpole_bmg_recovery.py",
@@ -58,28 +54,15 @@ def runs(poor: float) -> Dict[str, List[str]]:
 
 
 def run_one(args: List[str], seed: int, steps: int) -> Dict[str, list]:
-  with tempfile.TemporaryDirectory() as run_dir:
-    # The config file (first in args) must precede every --config.<field>.
-    cmd = [sys.executable, "-m", "launch.train", f"--run_dir={run_dir}", "--num_actors=2",
-           *args, f"--config.seed={seed}", f"--config.max_env_steps={steps}",
-           "--config.eval_episodes=0", "--config.log_every_seconds=1"]
-    logging.info("running %s", " ".join(cmd[2:]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-      raise RuntimeError(f"run failed ({proc.returncode}): {proc.stdout[-2000:]}")
-    log = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
-    with open(os.path.join(run_dir, "summary.json")) as f:
-      summary = json.load(f)
-  keep = {k: np.nan_to_num(log[k], nan=-1.0).tolist() for k in
-          ("env_steps", "episode_return_mean", "meta/learning_rate_scale") if k in log}
-  keep["final_return"] = summary["episode_return_mean"]
-  keep["wall_seconds"] = summary["wall_seconds"]
+  # The config file (first in args) must precede every --config.<field>.
+  run = runs.train(["--num_actors=2", *args, f"--config.seed={seed}",
+                    f"--config.max_env_steps={steps}", "--config.eval_episodes=0",
+                    "--config.log_every_seconds=1"], timeout=3600)
+  keep = {k: np.nan_to_num(run.log[k], nan=-1.0).tolist() for k in
+          ("env_steps", "episode_return_mean", "meta/learning_rate_scale") if k in run.log}
+  keep["final_return"] = run.summary["episode_return_mean"]
+  keep["wall_seconds"] = run.summary["wall_seconds"]
   return keep
-
-
-def first_crossing(result) -> float:
-  i = loggers.first_row_at_least(result, "episode_return_mean", THRESHOLD)
-  return float("nan") if i is None else float(result["env_steps"][i])
 
 
 def table(results: Dict[str, List[dict]], steps: int) -> str:
@@ -88,7 +71,7 @@ def table(results: Dict[str, List[dict]], steps: int) -> str:
           "|---|---|---|---|---|---|"]
   for label, seeds in results.items():
     final = [r["final_return"] for r in seeds]
-    cross = [first_crossing(r) for r in seeds]
+    cross = [runs.first_crossing(r, THRESHOLD) for r in seeds]
     reached = [c for c in cross if np.isfinite(c)]
     cross_text = (f"{np.mean(reached):,.0f} ({len(reached)} of {len(seeds)} seeds)" if reached
                   else f"not within {steps:,}")
@@ -129,20 +112,6 @@ def plot(results: Dict[str, List[dict]], path: str) -> None:
   plt.close(fig)
 
 
-def _load_matching(json_path: str) -> dict:
-  """The saved runs if they were made with these settings, else a fresh start."""
-  fresh = {"results": {}, "steps": _STEPS.value, "poor_scale": _POOR.value}
-  try:
-    with open(json_path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError):
-    return fresh
-  if saved.get("steps") != _STEPS.value or saved.get("poor_scale") != _POOR.value:
-    logging.info("%s was made with other settings; starting again", json_path)
-    return fresh
-  return saved
-
-
 def main(argv):
   del argv
   json_path = os.path.join(_OUT.value, "cartpole_recovery.json")
@@ -150,17 +119,13 @@ def main(argv):
     with open(json_path) as f:
       saved = json.load(f)
   else:
-    saved = _load_matching(json_path)
+    saved = runs.load_matching(json_path, steps=_STEPS.value, poor_scale=_POOR.value)
     results = saved["results"]
-    for label, args in runs(_POOR.value).items():
+    for label, args in configurations(_POOR.value).items():
       done = results.setdefault(label, [])
       for seed in range(len(done), _SEEDS.value):
         done.append(run_one(args, seed, _STEPS.value))
-        # Saved after every run: a stopped benchmark continues from here.
-        os.makedirs(_OUT.value, exist_ok=True)
-        with open(json_path + ".tmp", "w") as f:
-          json.dump(saved, f)
-        os.replace(json_path + ".tmp", json_path)
+        runs.save(saved, json_path)  # after every run: a stopped benchmark continues
   png = os.path.join(_OUT.value, "cartpole_recovery.png")
   plot(saved["results"], png)
   text = (table(saved["results"], saved["steps"])

@@ -20,20 +20,15 @@ Tasks:
   (position and angle only) for 2M env steps; the threshold is 400 (of 500).
 """
 
-import json
 import os
-import subprocess
-import sys
-import tempfile
 from typing import Dict, List, NamedTuple
 
 from absl import app
 from absl import flags
-from absl import logging
 import numpy as np
 
 from benchmarks import markdown
-from podmeta import loggers
+from benchmarks import runs
 
 
 class Task(NamedTuple):
@@ -65,33 +60,17 @@ _RESULTS = flags.DEFINE_string("results_md", "RESULTS.md", "Markdown file to upd
 _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw from the saved json.")
 
 
-def summarise(run_dir: str) -> dict:
-  """What the table and plot need of a finished run directory."""
-  log = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
-  with open(os.path.join(run_dir, "summary.json")) as f:
-    summary = json.load(f)
-  return {"env_steps": np.asarray(log["env_steps"]).tolist(),
-          "episode_return_mean": np.asarray(log["episode_return_mean"]).tolist(),
+def run_one(args: List[str], seed: int, steps: int) -> dict:
+  """What the table and plot need of one finished run."""
+  run = runs.train([*args, f"--config.seed={seed}", f"--config.max_env_steps={steps}"],
+                   timeout=7200)
+  summary = run.summary
+  return {"env_steps": np.asarray(run.log["env_steps"]).tolist(),
+          "episode_return_mean": np.asarray(run.log["episode_return_mean"]).tolist(),
           "final_return": summary["episode_return_mean"],
           "final_eval_return": summary.get("eval_return_mean"),
           "final_env_steps": summary["env_steps"], "wall_seconds": summary["wall_seconds"],
           "exit_reason": summary["exit_reason"]}
-
-
-def run_one(args: List[str], seed: int, steps: int) -> dict:
-  with tempfile.TemporaryDirectory() as run_dir:
-    cmd = [sys.executable, "-m", "launch.train", f"--run_dir={run_dir}", *args,
-           f"--config.seed={seed}", f"--config.max_env_steps={steps}"]
-    logging.info("running %s", " ".join(cmd[2:]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
-    if proc.returncode != 0:
-      raise RuntimeError(f"run failed ({proc.returncode}): {proc.stdout[-2000:]}")
-    return summarise(run_dir)
-
-
-def first_crossing(result: dict, threshold: float) -> float:
-  i = loggers.first_row_at_least(result, "episode_return_mean", threshold)
-  return float("nan") if i is None else float(result["env_steps"][i])
 
 
 def table(results: Dict[str, List[dict]], task: Task) -> str:
@@ -100,7 +79,7 @@ def table(results: Dict[str, List[dict]], task: Task) -> str:
           f"{task.threshold:g} | wall s |", "|---|---|---|---|---|---|---|"]
   for label, seeds in results.items():
     for seed, r in enumerate(seeds):
-      cross = first_crossing(r, task.threshold)
+      cross = runs.first_crossing(r, task.threshold)
       ev = r["final_eval_return"]
       rows.append(f"| {label} | {seed} | {r['final_env_steps']:,} | {r['final_return']:.0f} | "
                   f"{'' if ev is None else f'{ev:.0f}'} | "
@@ -130,38 +109,17 @@ def plot(results: Dict[str, List[dict]], task: Task, path: str) -> None:
   plt.close(fig)
 
 
-def _save(saved: dict, json_path: str) -> None:
-  os.makedirs(os.path.dirname(json_path), exist_ok=True)
-  with open(json_path + ".tmp", "w") as f:
-    json.dump(saved, f)
-  os.replace(json_path + ".tmp", json_path)
-
-
-def _load_matching(json_path: str, task: Task) -> dict:
-  """The saved runs if they were made with this task's budget, else a fresh start."""
-  fresh = {"results": {}, "steps": task.steps}
-  try:
-    with open(json_path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError):
-    return fresh
-  if saved.get("steps") != task.steps:
-    logging.info("%s was made with another budget; starting again", json_path)
-    return fresh
-  return saved
-
-
 def main(argv):
   del argv
   name, task = _TASK.value, TASKS[_TASK.value]
   json_path = os.path.join(_OUT.value, f"{name}.json")
-  saved = _load_matching(json_path, task)
+  saved = runs.load_matching(json_path, steps=task.steps)
   if not _REPLOT.value:
     for label, args in task.configs.items():
       done = saved["results"].setdefault(label, [])
       for seed in range(len(done), _SEEDS.value):
         done.append(run_one(args, seed, task.steps))
-        _save(saved, json_path)  # after every run: a stopped benchmark continues
+        runs.save(saved, json_path)  # after every run: a stopped benchmark continues
   png = os.path.join(_OUT.value, f"{name}.png")
   plot(saved["results"], task, png)
   text = (table(saved["results"], task)

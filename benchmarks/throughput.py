@@ -27,7 +27,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -36,6 +35,7 @@ from absl import flags
 import numpy as np
 
 from benchmarks import markdown
+from benchmarks import runs
 
 _CONFIG = flags.DEFINE_string("config", "launch/configs/cartpole_impala.py",
                               "Config of the gymnasium rows and of (c).")
@@ -176,26 +176,17 @@ def end_to_end_rate(num_actors, mode, seconds, warmup, extra_args=(), devices=1,
   """Env steps/s of a real launch (of `config`, a path; default --config), from
   the learner's log after `warmup` seconds, and its start-up (the summary's
   seconds from process start to the learner's milestones)."""
-  from podmeta import loggers
-  with tempfile.TemporaryDirectory() as tmp:
-    run_dir = os.path.join(tmp, "run")
-    cmd = [sys.executable, "-m", "launch.train", f"--config={config or _CONFIG.value}",
-           f"--run_dir={run_dir}", f"--num_actors={num_actors}", f"--lp_launch_type={mode}",
-           "--config.max_env_steps=0", f"--config.max_seconds={seconds}",
-           "--config.log_every_seconds=2", *extra_args]
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=seconds + 240)
-    if proc.returncode != 0:
-      raise RuntimeError(f"{mode} x{num_actors} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    log = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
-    t, steps = log["wall_seconds"], log["env_steps"]
-    ok = t >= warmup
-    if ok.sum() < 2:
-      raise RuntimeError(f"{mode} x{num_actors}: too few log rows after warm-up")
-    t, steps = t[ok], steps[ok]
-    with open(os.path.join(run_dir, "summary.json")) as f:
-      startup = json.load(f).get("startup_seconds") or {}
-    return float((steps[-1] - steps[0]) / (t[-1] - t[0])), startup
+  run = runs.train([f"--config={config or _CONFIG.value}", f"--num_actors={num_actors}",
+                    f"--lp_launch_type={mode}", "--config.max_env_steps=0",
+                    f"--config.max_seconds={seconds}", "--config.log_every_seconds=2",
+                    *extra_args], timeout=seconds + 240, devices=devices)
+  t, steps = run.log["wall_seconds"], run.log["env_steps"]
+  ok = t >= warmup
+  if ok.sum() < 2:
+    raise RuntimeError(f"{mode} x{num_actors}: too few log rows after warm-up")
+  t, steps = t[ok], steps[ok]
+  return (float((steps[-1] - steps[0]) / (t[-1] - t[0])),
+          run.summary.get("startup_seconds") or {})
 
 
 def atari_rows(config):
@@ -374,9 +365,9 @@ def main(argv):
     print(f"{backend}: (b) one actor ...", flush=True)
     rows["actor_env_steps_per_second"] = actor_rate(cfg)
     rows["end_to_end"] = []
-    runs = [(mode, "cpu") for mode in _MODES.value if "cpu" in _INFERENCE.value]
-    runs += [("local_mp", "accelerator")] if "accelerator" in _INFERENCE.value else []
-    for mode, inference in runs:
+    launches = [(mode, "cpu") for mode in _MODES.value if "cpu" in _INFERENCE.value]
+    launches += [("local_mp", "accelerator")] if "accelerator" in _INFERENCE.value else []
+    for mode, inference in launches:
       for n in [int(x) for x in _NUM_ACTORS.value]:
         print(f"{backend}: (d) {mode}, {inference} inference, {n} actor(s) ...", flush=True)
         on_device = inference == "accelerator"

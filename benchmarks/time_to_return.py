@@ -16,15 +16,15 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 from absl import app
 from absl import flags
 
 from benchmarks import markdown
+from benchmarks import runs
+from podmeta import loggers
 
 # Each setup's config: the gymnasium one is the default CartPole config, the
 # EnvPool one its lean variant (many envs per actor, large batches).
@@ -43,41 +43,28 @@ _MAX_ENV_STEPS = flags.DEFINE_integer("max_env_steps", 3_000_000,
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for the JSON.")
 _MARKDOWN = flags.DEFINE_string("markdown", "BENCHMARKS.md", "File whose table is replaced.")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- time_to_return:begin -->", "<!-- time_to_return:end -->"
 _MARKS = ("learner_built", "first_learner_step")
 
 
 def run_one(config: str, mode: str, seed: int) -> dict:
-  from podmeta import loggers
-  with tempfile.TemporaryDirectory() as tmp:
-    run_dir = os.path.join(tmp, "run")
-    cmd = [sys.executable, "-m", "launch.train", f"--config={config}", f"--run_dir={run_dir}",
-           f"--lp_launch_type={mode}", f"--config.seed={seed}",
-           f"--config.max_seconds={_MAX_SECONDS.value}",
-           f"--config.max_env_steps={_MAX_ENV_STEPS.value}", "--config.log_every_seconds=0.5"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=_MAX_SECONDS.value + 240)
-    process_seconds = time.monotonic() - started
-    if proc.returncode != 0:
-      raise RuntimeError(f"{config} {mode} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    log = loggers.read_csv(os.path.join(run_dir, "logs", "learner.csv"))
-    with open(os.path.join(run_dir, "summary.json")) as f:
-      summary = json.load(f)
-  i = loggers.first_row_at_least(log, "episode_return_mean", _TARGET.value)
+  run = runs.train([f"--config={config}", f"--lp_launch_type={mode}", f"--config.seed={seed}",
+                    f"--config.max_seconds={_MAX_SECONDS.value}",
+                    f"--config.max_env_steps={_MAX_ENV_STEPS.value}",
+                    "--config.log_every_seconds=0.5"],
+                   timeout=_MAX_SECONDS.value + 240, devices=1)
+  i = loggers.first_row_at_least(run.log, "episode_return_mean", _TARGET.value)
   return {"seed": seed,
-          "seconds_to_target": None if i is None else float(log["seconds_since_launch"][i]),
-          "env_steps_at_target": None if i is None else int(log["env_steps"][i]),
-          "startup_seconds": summary.get("startup_seconds") or {},
-          "env_steps_per_second": summary.get("env_steps_per_second"),
-          "process_seconds": process_seconds}
+          "seconds_to_target": None if i is None else float(run.log["seconds_since_launch"][i]),
+          "env_steps_at_target": None if i is None else int(run.log["env_steps"][i]),
+          "startup_seconds": run.summary.get("startup_seconds") or {},
+          "env_steps_per_second": run.summary.get("env_steps_per_second"),
+          "process_seconds": run.process_seconds}
 
 
-def _seconds(runs):
+def _seconds(seed_runs):
   return "/".join("never" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
-                  for r in runs)
+                  for r in seed_runs)
 
 
 def write_outputs(results: dict) -> None:
@@ -96,16 +83,16 @@ def write_outputs(results: dict) -> None:
       "|---|---|---:|---:|---:|---|---:|",
   ]
   for row in results["setups"]:
-    runs = row["runs"]
-    reached = [r["seconds_to_target"] for r in runs if r["seconds_to_target"] is not None]
-    median = f"{statistics.median(reached):.1f}" if len(reached) == len(runs) else "-"
+    seed_runs = row["runs"]
+    reached = [r["seconds_to_target"] for r in seed_runs if r["seconds_to_target"] is not None]
+    median = f"{statistics.median(reached):.1f}" if len(reached) == len(seed_runs) else "-"
     steps = "/".join("-" if r["env_steps_at_target"] is None else f"{r['env_steps_at_target']:,}"
-                     for r in runs)
+                     for r in seed_runs)
     startup = "; ".join(" / ".join(f"{r['startup_seconds'].get(k, float('nan')):.1f}"
-                                   for k in _MARKS) for r in runs)
-    rate = "/".join(f"{r['env_steps_per_second'] or 0:,.0f}" for r in runs)
-    lines.append(f"| `{row['config']}` | {row['mode']} | {_seconds(runs)} | {median} | {steps} "
-                 f"| {startup} | {rate} |")
+                                   for k in _MARKS) for r in seed_runs)
+    rate = "/".join(f"{r['env_steps_per_second'] or 0:,.0f}" for r in seed_runs)
+    lines.append(f"| `{row['config']}` | {row['mode']} | {_seconds(seed_runs)} | {median} "
+                 f"| {steps} | {startup} | {rate} |")
   markdown.replace_block(_MARKDOWN.value, BEGIN, END, "\n".join(lines), title="Benchmarks",
                          heading="## Time to a return of 475 (CartPole-v1)\n\n")
 
@@ -127,12 +114,12 @@ def main(argv):
       "max_env_steps": _MAX_ENV_STEPS.value, "setups": [],
   }
   for config, mode in setups:
-    runs = []
+    seed_runs = []
     for seed in _SEEDS.value:
       print(f"{config} {mode} seed {seed} ...", flush=True)
-      runs.append(run_one(config, mode, int(seed)))
-      print(f"  {_seconds(runs[-1:])} s to {_TARGET.value:g}", flush=True)
-    results["setups"].append({"config": config, "mode": mode, "runs": runs})
+      seed_runs.append(run_one(config, mode, int(seed)))
+      print(f"  {_seconds(seed_runs[-1:])} s to {_TARGET.value:g}", flush=True)
+    results["setups"].append({"config": config, "mode": mode, "runs": seed_runs})
   write_outputs(results)
   print(f"wrote {_MARKDOWN.value} and {_OUT.value}/time_to_return.json")
 
