@@ -70,8 +70,8 @@ def batch_loss(network: networks_lib.Network, params, batch: Trajectory,
   logits, values, _ = network.unroll(params, batch.observation, batch.is_first,
                                      batch.core_state[:, 0])
   per_unroll = jax.vmap(
-      functools.partial(losses.impala_loss, hyper=hyper, distribution=network.distribution,
-                        **options._asdict()))(
+      functools.partial(losses.impala_loss, hyper=hyper, options=options,
+                        distribution=network.distribution))(
           logits, values, batch.action, batch.behaviour_logits, batch.reward,
           batch.discount, batch.is_first)
   out = jax.tree.map(jnp.mean, per_unroll)

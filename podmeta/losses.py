@@ -32,7 +32,14 @@ class LossHyperparams(NamedTuple):
 
 
 class LossOptions(NamedTuple):
-  """The loss's fixed options (never meta-learned), bound once by the builder."""
+  """The loss's fixed options (never meta-learned), bound once by the builder.
+
+  clip_rho_threshold: rho-bar of the paper (value targets).
+  clip_pg_rho_threshold: clipping of rho in the policy-gradient advantage.
+  max_abs_reward: rewards are clipped to [-max_abs_reward, max_abs_reward]
+    when positive (Mnih et al. 2015; IMPALA's Atari agents), 0 leaves them.
+  reward_scale: rewards are multiplied by it (after clipping).
+  """
   clip_rho_threshold: float = 1.0
   clip_pg_rho_threshold: float = 1.0
   max_abs_reward: float = 0.0
@@ -61,10 +68,7 @@ def impala_loss(
     discount_t: chex.Array,
     is_first_t: chex.Array,
     hyper: LossHyperparams,
-    clip_rho_threshold: float = 1.0,
-    clip_pg_rho_threshold: float = 1.0,
-    max_abs_reward: float = 0.0,
-    reward_scale: float = 1.0,
+    options: LossOptions = LossOptions(),
     distribution: Optional[distributions.ActionDistribution] = None,
 ) -> LossOutput:
   """V-trace actor-critic loss of one unroll.
@@ -78,12 +82,8 @@ def impala_loss(
     reward_t: [T+1] reward that arrived with x_t (r_0 is not used).
     discount_t: [T+1] 0 where x_t is a terminal observation, else 1.
     is_first_t: [T+1] 1 where x_t starts an episode.
-    hyper: discount, lambda and loss coefficients.
-    clip_rho_threshold: rho-bar of the paper (value targets).
-    clip_pg_rho_threshold: clipping of rho in the policy-gradient advantage.
-    max_abs_reward: rewards are clipped to [-max_abs_reward, max_abs_reward]
-      when positive (Mnih et al. 2015; IMPALA's Atari agents), 0 leaves them.
-    reward_scale: rewards are multiplied by it (after clipping).
+    hyper: discount, lambda and loss coefficients (may be traced).
+    options: the fixed options (`LossOptions`).
     distribution: the policy's action distribution; None: categorical.
 
   Returns:
@@ -106,10 +106,10 @@ def impala_loss(
   r_t = reward_t[1:].astype(jnp.float32)
   # Clipped here rather than in the env so that the episode returns actors
   # log stay the raw game score.
-  if max_abs_reward > 0:
-    r_t = jnp.clip(r_t, -max_abs_reward, max_abs_reward)
-  if reward_scale != 1.0:
-    r_t = reward_scale * r_t
+  if options.max_abs_reward > 0:
+    r_t = jnp.clip(r_t, -options.max_abs_reward, options.max_abs_reward)
+  if options.reward_scale != 1.0:
+    r_t = options.reward_scale * r_t
   gamma_t = hyper.discount * discount_t[1:].astype(jnp.float32) * mask
 
   logp_a = distribution.log_prob(logits_t[:-1], a_tm1)
@@ -129,8 +129,8 @@ def impala_loss(
   vtrace = rlax.vtrace_td_error_and_advantage(
       v_fixed_tm1, jax.lax.stop_gradient(v_t), r_t, gamma_t,
       rho_tm1, lambda_=hyper.vtrace_lambda,
-      clip_rho_threshold=clip_rho_threshold,
-      clip_pg_rho_threshold=clip_pg_rho_threshold,
+      clip_rho_threshold=options.clip_rho_threshold,
+      clip_pg_rho_threshold=options.clip_pg_rho_threshold,
       stop_target_gradients=False)
   # rlax's `errors` is (v_s - V(x_s)) with V held fixed; the value loss needs
   # the gradient through V(x_s), so rebuild the target and regress on it.

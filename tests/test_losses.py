@@ -98,8 +98,8 @@ def test_vtrace_loss_matches_paper_equations(episode_ends, lam):
                                  baseline_cost=0.7)
   out = losses.impala_loss(jnp.asarray(logits), jnp.asarray(values), jnp.asarray(actions),
                            jnp.asarray(mu_logits), jnp.asarray(rewards), 1.0 - jnp.asarray(term),
-                           jnp.asarray(is_first), hyper, clip_rho_threshold=1.0,
-                           clip_pg_rho_threshold=1.2)
+                           jnp.asarray(is_first), hyper,
+                           losses.LossOptions(clip_rho_threshold=1.0, clip_pg_rho_threshold=1.2))
   expected, _ = reference_loss(logits.astype(np.float64), values.astype(np.float64), actions,
                                mu_logits.astype(np.float64), rewards.astype(np.float64), term,
                                is_first, 0.95, lam, 1.0, 1.2, 0.03, 0.7)
@@ -145,7 +145,7 @@ def test_reward_scale_scales_the_rewards():
   def loss(r, **kw):
     return losses.impala_loss(jnp.asarray(logits), jnp.asarray(values), jnp.asarray(actions),
                               jnp.asarray(mu_logits), jnp.asarray(r), 1.0 - jnp.asarray(term),
-                              jnp.asarray(is_first), hyper, **kw).loss
+                              jnp.asarray(is_first), hyper, losses.LossOptions(**kw)).loss
 
   np.testing.assert_allclose(float(loss(rewards, reward_scale=0.1)), float(loss(0.1 * rewards)),
                              rtol=1e-6)
@@ -190,7 +190,7 @@ def test_max_abs_reward_clips_exactly_like_clipped_rewards():
     def f(v, lg):
       return losses.impala_loss(lg, v, jnp.asarray(actions), jnp.asarray(mu_logits),
                                 jnp.asarray(r), 1.0 - jnp.asarray(term), jnp.asarray(is_first),
-                                hyper, **kwargs).loss
+                                hyper, losses.LossOptions(**kwargs)).loss
     value, grads = jax.value_and_grad(f, argnums=(0, 1))(jnp.asarray(values), jnp.asarray(logits))
     return [np.asarray(value)] + [np.asarray(g) for g in grads]
 
