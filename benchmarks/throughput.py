@@ -60,7 +60,6 @@ _WARMUP = flags.DEFINE_float("warmup", 12.0, "Seconds of each run ignored (start
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for the JSON and the plot.")
 _MARKDOWN = flags.DEFINE_string("markdown", "BENCHMARKS.md", "File whose table is replaced.")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 _STARTUP_MARKS = ("learner_built", "first_batch", "first_learner_step")
 
@@ -69,7 +68,7 @@ def load_config(path=None):
   import importlib.util
   from podmeta.config import Config
   spec = importlib.util.spec_from_file_location("bench_config",
-                                                os.path.join(REPO, path or _CONFIG.value))
+                                                os.path.join(runs.REPO, path or _CONFIG.value))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return Config.from_mapping(module.get_config().to_dict())
@@ -388,7 +387,7 @@ def main(argv):
                     f"--atari_config={_ATARI_CONFIG.value}",
                     f"--atari_envs_per_actor={_ATARI_ENVS.value}",
                     f"--backends={','.join(_BACKENDS.value)}", f"--out={_OUT.value}",
-                    f"--markdown={_MARKDOWN.value}"], cwd=REPO, check=True)
+                    f"--markdown={_MARKDOWN.value}"], cwd=runs.REPO, check=True)
   print(f"wrote {_MARKDOWN.value} and {_OUT.value}/throughput.{{json,png}}")
 
 
