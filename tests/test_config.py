@@ -1,10 +1,13 @@
 """Config validation: every bad field is named in a ValueError."""
 
+import copy
 import dataclasses
+import pickle
 
 import pytest
 
 from podmeta.config import Config
+from podmeta.meta.config import MetaConfig
 
 
 def test_defaults_are_valid_frozen_and_round_trip():
@@ -17,6 +20,15 @@ def test_defaults_are_valid_frozen_and_round_trip():
       entropy_cost=dict(init=0.1, low=0.0, high=0.5)))))
   for config in (c, meta):
     assert Config.from_mapping(config.to_dict()) == config
+  # The meta-learned hyperparameters' mapping is as frozen as the rest.
+  with pytest.raises(TypeError, match="read-only"):
+    meta.meta.hyperparams["discount"] = meta.meta.hyperparams["entropy_cost"]
+  with pytest.raises(TypeError, match="read-only"):
+    meta.meta.hyperparams.pop("entropy_cost")
+  assert pickle.loads(pickle.dumps(meta)) == meta
+  assert copy.deepcopy(meta) == meta and hash(meta) == hash(copy.deepcopy(meta))
+  assert MetaConfig(method="bmg", hyperparams={"entropy_cost": {"init": 0.1}}) == (
+      MetaConfig.from_mapping({"method": "bmg", "hyperparams": {"entropy_cost": {"init": 0.1}}}))
 
 
 @pytest.mark.parametrize("values, field", [

@@ -8,7 +8,7 @@ by the meta-update (`podmeta.meta.update`) and the parameterisation
 
 import dataclasses
 import math
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Mapping, Tuple
 
 from podmeta.validation import coerce
 
@@ -27,6 +27,27 @@ CONTEXT_NORMALISATIONS = ("lifetime", "none")
 TARGET_DATA = ("online", "last_inner")
 MATCHING = ("kl", "kl_value", "kl_reverse", "l2")
 TARGET_UPDATES = ("agent", "sgd")
+
+
+class FrozenDict(dict):
+  """A dict that refuses changes, so a frozen config's mapping stays frozen.
+
+  A dict subclass rather than `types.MappingProxyType`: `dataclasses.asdict`,
+  pickling and `ml_collections.ConfigDict` all accept it as a dict.
+  """
+
+  def _refuse(self, *args, **kwargs):
+    raise TypeError("config mappings are read-only; build a new config instead")
+
+  __setitem__ = __delitem__ = _refuse
+  clear = pop = popitem = setdefault = update = _refuse
+  __ior__ = _refuse
+
+  def __reduce__(self):
+    return type(self), (dict(self),)
+
+  def __hash__(self):
+    return hash(frozenset(self.items()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +116,7 @@ class MetaConfig:
     clipping the meta-gradient by global norm (0: no clipping).
   """
   method: str = "fixed"
-  hyperparams: Dict[str, MetaParamConfig] = dataclasses.field(default_factory=dict)
+  hyperparams: Mapping[str, MetaParamConfig] = dataclasses.field(default_factory=dict)
   context: str = "none"
   context_window: int = 10
   context_normalisation: str = "lifetime"
@@ -127,7 +148,7 @@ class MetaConfig:
     kwargs = {}
     for name, value in values.items():
       if name == "hyperparams":
-        kwargs[name] = _hyperparams(value)
+        kwargs[name] = value  # __post_init__ checks and freezes it
       else:
         kwargs[name] = coerce(f"meta.{name}", value, getattr(cls, name))
     return cls(**kwargs)
@@ -158,10 +179,12 @@ class MetaConfig:
     return k + l - 1 if self.method == "bmg" else k + 1
 
   def __post_init__(self):
+    # Also when built directly rather than through from_mapping.
+    object.__setattr__(self, "hyperparams", _hyperparams(self.hyperparams))
     _validate(self)
 
 
-def _hyperparams(values: Any) -> Dict[str, MetaParamConfig]:
+def _hyperparams(values: Any) -> FrozenDict:
   if not isinstance(values, Mapping):
     raise ValueError(f"config field 'meta.hyperparams': expected a mapping of name -> "
                      f"{{init, low, high, transform}}, got {values!r}")
@@ -187,7 +210,7 @@ def _hyperparams(values: Any) -> Dict[str, MetaParamConfig]:
       default = fields[key].default if key != "init" else 0.0
       kwargs[key] = coerce(f"meta.hyperparams.{name}.{key}", value, default)
     out[name] = MetaParamConfig(**kwargs)
-  return out
+  return FrozenDict(out)
 
 
 def _validate(m: MetaConfig) -> None:
