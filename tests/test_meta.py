@@ -241,6 +241,17 @@ def _run(config, batches, devices=1, learner=None):
   return learner, metrics
 
 
+def _recorded(config, batches):
+  """One-device learner stepped over the batches: the state before each step and
+  after the last (len(batches) + 1 states), and each step's metrics."""
+  learner = builder.make_learner(config, SPEC, devices=jax.devices()[:1])
+  states, metrics = [learner.save()], []
+  for batch in batches:
+    metrics.append(_run(config, [batch], learner=learner)[1][0])
+    states.append(learner.save())
+  return states, metrics
+
+
 def test_the_agent_is_never_rewound_its_trajectory_is_the_fixed_one():
   """Under online BMG the agent's parameters follow the ordinary update fed the
   meta-learned values of each step, exactly; only the meta-parameters differ."""
@@ -272,12 +283,7 @@ def test_the_ring_recomputes_from_the_right_snapshot_and_batches():
                    target_learning_rate=0.3,
                    hyperparams={"entropy_cost": {"init": 0.05, "low": 0.0, "high": 0.5}})
   batches = _batches(6)
-  learner = builder.make_learner(config, SPEC, devices=jax.devices()[:1])
-  states = [learner.save()]
-  metrics = []
-  for batch in batches:
-    metrics.append(_run(config, [batch], learner=learner)[1][0])
-    states.append(learner.save())
+  states, metrics = _recorded(config, batches)
   t = len(batches) - 1  # the last step
   s = t - (k + l - 1) + 1
   network, optimizer = builder.make_network(config, SPEC), builder.make_optimizer(config)
@@ -313,12 +319,7 @@ def test_mg_online_takes_the_outer_loss_on_the_newest_batch():
   config = _config(method="mg", inner_steps=k, context="none", outer_entropy_cost=0.1,
                    hyperparams={"entropy_cost": {"init": 0.05, "low": 0.0, "high": 0.5}})
   batches = _batches(4)
-  learner = builder.make_learner(config, SPEC, devices=jax.devices()[:1])
-  states = [learner.save()]
-  metrics = []
-  for batch in batches:
-    metrics.append(_run(config, [batch], learner=learner)[1][0])
-    states.append(learner.save())
+  states, metrics = _recorded(config, batches)
   t = len(batches) - 1
   network, optimizer = builder.make_network(config, SPEC), builder.make_optimizer(config)
   fixed = builder.loss_hyperparams(config)
