@@ -162,10 +162,11 @@ def test_the_listening_sockets_of_a_local_run_are_one_per_server_node(tmp_path):
     # Training needs only one actor's data, so on a loaded machine another node
     # can still be importing when the learner steps: wait for each to listen.
     deadline = time.time() + 90
-    ports = {name: listening(pid) for name, pid in nodes.items()}
-    while not all(ports.values()) and time.time() < deadline:
-      time.sleep(0.5)
+    while True:
       ports = {name: listening(pid) for name, pid in nodes.items()}
+      if all(ports.values()) or time.time() > deadline:
+        break
+      time.sleep(0.5)
     for name, sockets in ports.items():
       assert len(sockets) == 1 and sockets[0][0] in ("::", "0.0.0.0"), (name, sockets)
     others = [c for c in psutil.Process(proc.pid).children(recursive=True)
