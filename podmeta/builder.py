@@ -25,6 +25,7 @@ import numpy as np
 
 import envs
 from podmeta import config as config_lib
+from podmeta import core
 from podmeta.config import Config
 from podmeta import loggers
 from podmeta.logging_setup import quiet_third_party_logs
@@ -170,6 +171,7 @@ def vector_env(config: Config, num_envs: int, seed: int):
                               **config.env_make_kwargs)
 
 
+@core.names_failures("learner")
 def build_learner_node(config: Config, run_dir: str, replay_client, stop_program=None,
                        pod: Optional[PodSpec] = None):
   """The learner node; with `pod`, one of the lockstepped learners of a pod (podmeta.pod).
@@ -240,6 +242,7 @@ def _actor_ids(config: Config, process_id: int):
   return [process_id * config.num_actors + i for i in range(config.num_actors)]
 
 
+@core.names_failures("actor")
 def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_client, learner,
                 variable_source=None, device=None):
   """An actor fed by `learner` (a courier client, or the LearnerNode itself),
@@ -263,6 +266,7 @@ def build_actor(config: Config, actor_id: int, run_dir: Optional[str], replay_cl
       logger=loggers.make_logger(run_dir, f"actor_{actor_id}", "actor_env_steps"), device=device)
 
 
+@core.names_failures("actor")
 def build_actor_group(config: Config, actor_ids, run_dir: Optional[str], replay_client,
                       learner):
   """Several actors on threads of one node (config.actors_per_node)."""
@@ -271,6 +275,7 @@ def build_actor_group(config: Config, actor_ids, run_dir: Optional[str], replay_
                      for i in actor_ids])
 
 
+@core.names_failures("evaluator")
 def build_evaluator(config: Config, run_dir: Optional[str], learner):
   quiet_third_party_logs()
   from podmeta.evaluation import Evaluator

@@ -295,9 +295,13 @@ class Supervisor:
       return
     logging.error("%s died (%s); no restarts left (actor_restarts=%d)", node.name, how,
                   self._max_restarts)
-    if not any(n.alive for n in self._nodes if n.group == "actor"):
-      self._fail("actor", f"every actor died (the last: {node.name}, {how}) and no restarts "
-                 f"are left (actor_restarts={self._max_restarts})")
+    # A run goes on with some of its actors, but not with none (or with no
+    # evaluator, the only one of its group: its evaluation was asked for).
+    if not any(n.alive for n in self._nodes if n.group == node.group):
+      lost = (f"every actor died (the last: {node.name}, {how})" if node.group == "actor"
+              else f"{node.name} died ({how})")
+      self._fail(node.group, f"{lost} and no restarts are left "
+                 f"(actor_restarts={self._max_restarts})")
 
   def _fail(self, group: str, message: str) -> None:
     logging.error("%s; stopping the program", message)

@@ -106,22 +106,28 @@ def test_a_killed_actor_is_restarted_and_counted(tmp_path):
   assert _node_pids(run_dir)["actor_0"] != first_pid
 
 
-def test_losing_every_actor_with_no_restarts_left_is_an_error(tmp_path):
+@pytest.mark.parametrize("node, error", [
+    ("actor", "every actor died (the last: actor, killed by SIGKILL) and no restarts are left"),
+    ("evaluator", "evaluator died (killed by SIGKILL) and no restarts are left"),
+])
+def test_losing_every_node_of_a_group_with_no_restarts_left_is_an_error(tmp_path, node, error):
   run_dir = str(tmp_path / "run")
   proc = helpers.start(helpers.train_command(run_dir, "--num_actors=1", *FAST,
                                              "--config.max_env_steps=100000000",
                                              "--config.actor_restarts=0"),
                        env_overrides=ONE_DEVICE)
   helpers.assert_trains(proc, run_dir, 3, 180)
-  os.kill(_node_pids(run_dir)["actor"], signal.SIGKILL)
+  os.kill(_node_pids(run_dir)[node], signal.SIGKILL)
   code, out, left = helpers.finish(proc, timeout=90)
   assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
   assert code == 1, out[-5000:]
-  assert "podmeta: error: every actor died (the last: actor, killed by SIGKILL)" in out
+  assert f"podmeta: error: {error}" in out
+  assert "run finished" not in out
   s = helpers.summary(run_dir)
   # The learner was stopped, wrote its summary and final checkpoint; the
   # supervisor's verdict replaced its exit reason.
-  assert s["exit_reason"] == "actor_failed" and s["actors_lost"] == 1
+  assert s["exit_reason"] == f"{node}_failed"
+  assert s["actors_lost"] == (node == "actor")
   assert s["latest_checkpoint_step"] == s["learner_steps"] > 0
 
 
@@ -141,6 +147,20 @@ def test_a_failing_node_ends_a_local_mt_run_with_an_error_naming_it(tmp_path):
   assert "run finished" not in out
   s = helpers.summary(run_dir)
   assert s["exit_reason"] == "actor_failed" and s["error"].startswith("actor failed")
+
+
+@pytest.mark.parametrize("build, role", [("build_actor", "actor"),
+                                         ("build_evaluator", "evaluator")])
+def test_a_node_that_fails_while_it_is_built_is_named_too(build, role):
+  """local_mt re-raises a node's first failure and names the node by the
+  exception's `podmeta_node`: one raised while building the node (here, a
+  learner handle without the calls the node reports through) carries it too."""
+  from podmeta import builder
+  from podmeta.config import Config
+  args = (Config(), 0, None, None, object()) if role == "actor" else (Config(), None, object())
+  with pytest.raises(AttributeError) as e:
+    getattr(builder, build)(*args)
+  assert e.value.podmeta_node == role
 
 
 def test_the_listening_sockets_of_a_local_run_are_one_per_server_node(tmp_path):
