@@ -38,6 +38,7 @@ def _fail(message: str) -> None:
 def load(run_dir: str):
   """(config, params, learner step) of the run's newest checkpoint; ValueError if none."""
   from podmeta import builder
+  from podmeta.checkpointing import read_latest_counters
   from podmeta.config import Config
   path = os.path.join(run_dir, "config.json")
   if not os.path.isfile(path):
@@ -45,7 +46,10 @@ def load(run_dir: str):
   with open(path) as f:
     config = Config.from_mapping(json.load(f))
   spec = builder.env_spec(config)
-  _, template = builder.make_update_and_state(config, spec, axis_name=None)
+  # A pod's checkpoint holds a meta ring of the whole pod's batch.
+  _, counters = read_latest_counters(os.path.join(run_dir, "checkpoints"))
+  _, template = builder.make_update_and_state(
+      config, spec, axis_name=None, num_processes=int((counters or {}).get("num_processes", 1)))
   checkpointer = builder.make_checkpointer(config, run_dir)
   try:
     restored = checkpointer.restore_latest(template)

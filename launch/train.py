@@ -157,11 +157,13 @@ def main(argv):
         pod_lib.initialize(pod)
       except RuntimeError as e:  # jax.distributed could not join the pod
         raise ValueError(f"cannot join the pod: {str(e).strip().splitlines()[0]}") from e
+    # A checkpoint's meta ring holds the whole pod's batch.
+    num_processes = None if pod_lib.joined() else pod.num_processes
     if launch_type == "local_mp":
       with supervisor.launcher_without_preallocation():
-        builder.preflight(config, run_dir)
+        builder.preflight(config, run_dir, num_processes=num_processes)
     else:  # this process is the learner's: its client must preallocate as usual
-      builder.preflight(config, run_dir)
+      builder.preflight(config, run_dir, num_processes=num_processes)
   except ValueError as e:
     _fail(str(e))
 

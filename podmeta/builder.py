@@ -101,14 +101,20 @@ def make_parameterisation(config: Config) -> meta_params.Parameterisation:
   return meta_params.Parameterisation(m.hyperparams)
 
 
-def global_batch_size(config: Config) -> int:
-  """Unrolls per learner step over the whole pod (`batch_size` is per host)."""
-  return config.batch_size * jax.process_count()
+def global_batch_size(config: Config, num_processes: Optional[int] = None) -> int:
+  """Unrolls per learner step over the whole pod (`batch_size` is per host).
+
+  `num_processes` defaults to the pod this process has joined; a local_mp
+  launcher never joins its pod, so it passes the pod's size.
+  """
+  return config.batch_size * (num_processes or jax.process_count())
 
 
 def make_update_and_state(config: Config, spec: envs.EnvSpec,
-                          axis_name: Optional[str] = types.DEVICE_AXIS):
-  """The pure learner step for this config and the state it starts from."""
+                          axis_name: Optional[str] = types.DEVICE_AXIS,
+                          num_processes: Optional[int] = None):
+  """The pure learner step for this config and the state it starts from, on a
+  pod of `num_processes` hosts (default: the one this process has joined)."""
   from podmeta import learning
   from podmeta.meta import update as meta_update
   network, optimizer = make_network(config, spec), make_optimizer(config)
@@ -123,7 +129,8 @@ def make_update_and_state(config: Config, spec: envs.EnvSpec,
   m = config.meta
   parameterisation = make_parameterisation(config)
   meta_optimizer = meta_update.make_meta_optimizer(m.learning_rate, m.max_grad_norm, m.adam_eps)
-  ring_batch = types.zeros_batch(make_spec(config, spec), global_batch_size(config))
+  ring_batch = types.zeros_batch(make_spec(config, spec),
+                                 global_batch_size(config, num_processes))
   meta_state = meta_update.init_meta_state(m, parameterisation, meta_optimizer,
                                            jax.random.fold_in(key, 1), state.params,
                                            state.opt_state, ring_batch)
@@ -337,8 +344,12 @@ def make_program(config: Config, run_dir: str, pod: Optional[PodSpec] = None):
 
 # -- checks before anything starts ---------------------------------------------
 
-def preflight(config: Config, run_dir: str, num_devices: Optional[int] = None) -> None:
-  """Raises ValueError with a one-line message for any input that cannot work."""
+def preflight(config: Config, run_dir: str, num_devices: Optional[int] = None,
+              num_processes: Optional[int] = None) -> None:
+  """Raises ValueError with a one-line message for any input that cannot work.
+
+  `num_processes`: the pod's host count, where this process has not joined it.
+  """
   envs.check_env_id(config.env_id, config.env_backend)
   spec = env_spec(config)
   # Raises for a device index this process lacks.
@@ -352,16 +363,36 @@ def preflight(config: Config, run_dir: str, num_devices: Optional[int] = None) -
         f"config field 'batch_size' ({config.batch_size}) is not divisible by the number of "
         f"learner devices ({n})" + (f" times the meta-update's sub-batches ({chunks})"
                                     if chunks > 1 else ""))
+  _check_network_fits(config, spec)
   if os.path.exists(run_dir) and not os.path.isdir(run_dir):
     raise ValueError(f"run_dir {run_dir!r} exists and is not a directory")
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-    _, learner_template = make_update_and_state(config, spec)
+    _, learner_template = make_update_and_state(config, spec, num_processes=num_processes)
     checkpointer = make_checkpointer(config, run_dir)
     try:
       checkpointer.restore_latest(learner_template)  # raises CheckpointError (a ValueError)
     finally:
       checkpointer.close()
+
+
+def _check_network_fits(config: Config, spec: envs.EnvSpec) -> None:
+  """Raises ValueError if the config's network cannot take the env's observations.
+
+  Traced abstractly (no arrays are made), so a torso that does not fit (a conv
+  torso on vector observations, images too small for its strides) is refused
+  here rather than in the learner node after every node has started.
+  """
+  network = make_network(config, spec)
+  dummy_obs = jax.ShapeDtypeStruct((1,) + tuple(spec.obs_shape), spec.obs_dtype)
+  try:
+    jax.eval_shape(network.init, jax.random.PRNGKey(0), dummy_obs)
+  except Exception as e:  # pylint: disable=broad-except
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    raise ValueError(
+        f"config field 'torso' ({config.torso!r}) cannot take {config.env_id}'s observations "
+        f"of shape {tuple(spec.obs_shape)}: {lines[0][:200] if lines else type(e).__name__}"
+    ) from e
 
 
 def write_config(config: Config, run_dir: str) -> str:

@@ -452,9 +452,13 @@ class LearnerNode(core.Worker, core.VariableSource):
   def _counters(self, wall_seconds: float) -> dict:
     # On a pod, process 0 checkpoints the pod's total; resumed, it counts on
     # from there and the other hosts from 0, so the sum stays the total.
+    # num_processes: the pod's size, which sizes the meta ring (its batch is
+    # the pod's), so that `evaluate` can rebuild the checkpoint's structure.
     return {**self._run.save(), "env_steps": self._total_env_steps(),
             "learner_steps": self._learner.step_count,
-            "wall_seconds_total": self._wall_seconds_before + wall_seconds}
+            "wall_seconds_total": self._wall_seconds_before + wall_seconds,
+            "num_processes": (self._host_sync.num_processes if self._host_sync is not None
+                              else 1)}
 
   def _save(self, wall_seconds: float, counters: Optional[dict] = None) -> None:
     if self._checkpointer is None:

@@ -4,6 +4,7 @@ import hashlib
 import os
 
 import jax
+import numpy as np
 import pytest
 
 import envs
@@ -35,6 +36,8 @@ def _run_and_check(cmd, must_mention, env_overrides=None):
     (["--config=launch/configs/cartpole_impala.py", "--config.no_such_field=1"], "no_such_field"),
     (["--config=launch/configs/missing.py"], "missing.py"),
     (["--config.learning_rate=fast"], "learning_rate"),
+    # A torso that cannot take the env's observations (CartPole's are vectors).
+    (["--config.torso=conv"], "'torso'"),
     # Meta-learning: K < 1, bounds that exclude the initial value, an unknown
     # hyperparameter, a batch that does not split into the meta sub-batches.
     (["--config=launch/configs/cartpole_bmg.py", "--config.meta.inner_steps=0"],
@@ -177,3 +180,32 @@ def test_action_spaces_podmeta_cannot_act_in_are_refused(action_space, must_ment
   with pytest.raises(ValueError, match=must_mention) as raised:
     envs.env_spec(env_id, {"kind": action_space})
   assert env_id in str(raised.value)
+
+
+def test_a_pods_meta_checkpoint_is_checked_against_the_pods_batch(tmp_path):
+  """An online BMG checkpoint's meta ring holds the whole pod's batch: a local_mp
+  launcher (which never joins the pod) and `evaluate` size it by the pod, not by
+  this process's jax.process_count() of 1."""
+  from launch import evaluate
+  from launch.configs import cartpole_bmg
+  config = Config.from_mapping(cartpole_bmg.get_config().to_dict())
+  assert config.meta.target_data == "online"
+  spec = envs.env_spec(config.env_id)
+  _, state = builder.make_update_and_state(config, spec, axis_name=None, num_processes=2)
+  _, one_host = builder.make_update_and_state(config, spec, axis_name=None, num_processes=1)
+  shapes = lambda tree: [np.shape(x) for x in jax.tree.leaves(tree)]
+  assert shapes(state.meta.ring) != shapes(one_host.meta.ring)
+  run_dir = str(tmp_path / "run")
+  builder.write_config(config, run_dir)
+  ckpt = builder.make_checkpointer(config, run_dir)
+  ckpt.save(7, state, {"env_steps": 0, "learner_steps": 7, "num_processes": 2})
+  ckpt.close()
+  before = _tree_digest(run_dir)
+  builder.preflight(config, run_dir, num_devices=1, num_processes=2)
+  with pytest.raises(ValueError, match="does not match"):
+    builder.preflight(config, run_dir, num_devices=1, num_processes=1)
+  _, params, step = evaluate.load(run_dir)
+  assert step == 7
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)
+  assert _tree_digest(run_dir) == before
