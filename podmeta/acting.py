@@ -85,20 +85,32 @@ class VariableClient:
     self._device = device or _cpu()
     self._calls = 0
     self._future = None
-    self.version, params = self._fetch_blocking()
-    self.params = jax.device_put(params, self._device)
+    self.version, self.params = None, None
 
-  def _fetch_blocking(self) -> Tuple[int, Any]:
+  def wait_for_first(self, stop: Optional[threading.Event] = None) -> bool:
+    """Fetches the first params; False if `stop` was set before they came.
+
+    Called from the worker's `run`, not its constructor, so that a stop
+    request (Ctrl-C, a failed learner) during start-up is seen.
+    """
     # The learner may still be starting (its server comes up after its state
     # is built), and remote calls have a deadline: retry for a while.
     deadline = time.monotonic() + _FIRST_FETCH_TIMEOUT_SECONDS
-    while True:
+    while self.params is None:
+      if stop is not None and stop.is_set():
+        return False
       try:
-        return self._source.get_variables()
+        version, params = self._source.get_variables()
       except Exception as e:  # pylint: disable=broad-except
         if time.monotonic() > deadline:
           raise RuntimeError(f"no parameters from the learner: {e}") from e
-        time.sleep(0.5)
+        if stop is not None:
+          stop.wait(0.5)
+        else:
+          time.sleep(0.5)
+        continue
+      self.version, self.params = version, jax.device_put(params, self._device)
+    return True
 
   def update(self) -> None:
     self._calls += 1
@@ -228,6 +240,8 @@ class Actor(core.Worker):
     vector_steps = 0
     versions = _VersionColumn(n)
     try:
+      if not self._variables.wait_for_first(stop):
+        return 0
       while not stop.is_set() and (max_steps is None or vector_steps < max_steps):
         self._variables.update()
         action, logits, next_state, self._key = self._policy(

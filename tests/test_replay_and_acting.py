@@ -314,6 +314,8 @@ class _CountingSource:
 def test_the_variable_client_polls_and_takes_params_only_when_they_changed():
   source = _CountingSource()
   client = VariableClient(source, update_period=2)
+  assert (client.version, client.params, source.copies) == (None, None, 0)
+  assert client.wait_for_first()
   assert (client.version, source.copies) == (0, 1)
   held = client.params
   for _ in range(10):  # five polls of an unchanged source: nothing copied or replaced
@@ -330,3 +332,35 @@ def test_the_variable_client_polls_and_takes_params_only_when_they_changed():
   learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
   assert learner.get_variables_if_changed(0) is None
   assert learner.get_variables_if_changed(-1)[0] == 0
+
+
+class _SilentLearner:
+  """A learner whose server never answers; a stop request comes on the second try."""
+
+  def __init__(self, stop: threading.Event):
+    self.calls, self._stop = 0, stop
+
+  def get_variables(self):
+    self.calls += 1
+    if self.calls == 2:
+      self._stop.set()
+    raise ConnectionError("learner not up yet")
+
+
+def test_an_actor_stopped_before_the_learner_answers_ends_without_acting(server_factory):
+  """Ctrl-C during start-up: the actor waits for its first parameters in `run`
+  (not in its constructor) and sees the stop request while it waits."""
+  config = Config(unroll_length=10, envs_per_actor=4, batch_size=4)
+  spec = envs.env_spec("CartPole-v1")
+  _, client = server_factory(config, spec)
+  stop = threading.Event()
+  learner = _SilentLearner(stop)
+  actor = Actor(
+      env=envs.make_vector_env(config.env_id, config.envs_per_actor, seed=1),
+      network=builder.make_network(config, spec), variable_source=learner,
+      writer=replay_lib.UnrollWriter(client, builder.make_spec(config, spec), 4),
+      key=jax.random.PRNGKey(0), variable_update_period=5, stop_event=stop)
+  assert learner.calls == 0  # building it asked for nothing
+  assert actor.run(max_steps=10) == 0
+  assert learner.calls == 2
+  assert client.server_info()[replay_lib.TABLE].current_size == 0
