@@ -54,14 +54,17 @@ class Progress:
   """How far the run is towards its budget, and when it will get there.
 
   The fraction is that of the budget nearest to its limit (env steps, learner
-  steps or seconds); the ETA extrapolates its rate since this run started (a
-  resumed run starts part of the way).
+  steps or seconds, all counted over the whole run, resumes included); the ETA
+  extrapolates its rate since this launch (a resumed run starts part of the
+  way, `seconds_before` into its time).
   """
 
-  def __init__(self, budget: Budget, env_steps: int, learner_steps: int, now: float):
+  def __init__(self, budget: Budget, env_steps: int, learner_steps: int, now: float,
+               seconds_before: float = 0.0):
     self._budget = budget
     self._start = now
-    self._first = self.fraction(env_steps, learner_steps, 0.0)
+    self._before = seconds_before
+    self._first = self.fraction(env_steps, learner_steps, seconds_before)
 
   def fraction(self, env_steps: int, learner_steps: int, seconds: float) -> float:
     b, parts = self._budget, []
@@ -76,7 +79,7 @@ class Progress:
   def fields(self, env_steps: int, learner_steps: int, now: float) -> dict:
     """{"progress": fraction, "eta_seconds": seconds left (absent until it moves)}."""
     elapsed = now - self._start
-    done = self.fraction(env_steps, learner_steps, elapsed)
+    done = self.fraction(env_steps, learner_steps, self._before + elapsed)
     row = {"progress": done}
     if done > self._first and elapsed > 0:
       row["eta_seconds"] = elapsed * (1.0 - done) / (done - self._first)
@@ -319,7 +322,7 @@ class LearnerNode(core.Worker, core.VariableSource):
     stop = core.resolve_stop_event(self._stop_event)
     start = self._start = time.monotonic()
     self._progress = Progress(self._budget, self._total_env_steps(), self._learner.step_count,
-                              start)
+                              start, seconds_before=self._wall_seconds_before)
     prefetcher = self._make_prefetcher()
     window = MetricsWindow(start, self._learner.step_count, self._run.env_steps)
     checkpoints = CheckpointSchedule(start, self._checkpoint_every)
@@ -335,8 +338,10 @@ class LearnerNode(core.Worker, core.VariableSource):
         # On a pod every host takes the same decisions at the same iteration
         # (see podmeta.pod): a host that stepped alone would wait forever in
         # the update's collectives.
+        # max_seconds, like the step budgets, counts the whole run, resumes included.
         exit_reason = "stopped" if stop.is_set() else self._budget.reached(
-            self._total_env_steps(), self._learner.step_count, time.monotonic() - start)
+            self._total_env_steps(), self._learner.step_count,
+            self._wall_seconds_before + time.monotonic() - start)
         if item is None and exit_reason is None:
           item = prefetcher.get(timeout=0.25)
         ready = item is not None

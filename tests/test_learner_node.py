@@ -75,5 +75,8 @@ def test_progress_is_the_budget_nearest_its_limit_and_extrapolates_an_eta():
   assert progress.fields(600, 90, now=60.0)["progress"] == 0.9  # learner steps lead now
   timed = Progress(Budget(max_seconds=200.0), 0, 0, now=0.0)
   assert timed.fields(0, 0, now=50.0) == {"progress": 0.25, "eta_seconds": 150.0}
+  # Resumed 100 s into its time: the seconds, like the steps, count the whole run.
+  resumed = Progress(Budget(max_seconds=200.0), 0, 0, now=0.0, seconds_before=100.0)
+  assert resumed.fields(0, 0, now=50.0) == {"progress": 0.75, "eta_seconds": 50.0}
   assert progress_text(0.25, 150.0) == " 25% ETA 0:02:30"
   assert progress_text(0.5, None, bar=True, width=10) == "[#####-----]  50%"

@@ -157,6 +157,18 @@ def test_resume_continues_counters_and_parameters(tmp_path):
   for a, b in zip(jax.tree.leaves(saved_first), jax.tree.leaves(kept)):
     np.testing.assert_array_equal(a, b)
 
+  # max_seconds counts the whole run, as the step budgets do: a budget the
+  # earlier launches have spent already ends this one before any update.
+  assert second["wall_seconds_total"] > second["wall_seconds"] > 1.0
+  code, out, _ = helpers.run(
+      helpers.train_command(run_dir, "--num_actors=1", *FAST, "--config.max_env_steps=0",
+                            "--config.max_seconds=1"),
+      timeout=240, env_overrides=ONE_DEVICE)
+  assert code == 0, out[-5000:]
+  third = helpers.summary(run_dir)
+  assert third["exit_reason"] == "max_seconds"
+  assert third["learner_steps"] == second["learner_steps"]
+
 
 def _load_json(path):
   import json
