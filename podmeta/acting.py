@@ -293,7 +293,12 @@ class Actor(core.Worker):
     finally:
       if (unreported["env_steps"] or unreported["env_errors"]) and not stop.is_set():
         self._publish(unreported, env_steps, env_steps / max(time.monotonic() - t0, 1e-9))
+      # A run is one-shot. As threads of the learner's process (accelerator
+      # inference, actor groups) nothing else would close these.
       self._writer.close()
+      self._env.close()
+      if self._logger is not None:
+        self._logger.close()
     return env_steps
 
   def _flush_until_written(self, stop: threading.Event, in_flight: int = 0) -> None:

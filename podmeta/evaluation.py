@@ -61,6 +61,14 @@ class Evaluator(core.Worker):
   @core.names_failures("evaluator")
   def run(self) -> None:
     stop = core.resolve_stop_event(self._stop_event)
+    try:
+      self._evaluate_until(stop)
+    finally:
+      self._env.close()
+      if self._logger is not None:
+        self._logger.close()
+
+  def _evaluate_until(self, stop: threading.Event) -> None:
     while not stop.is_set():
       start = time.monotonic()
       try:

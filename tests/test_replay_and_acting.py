@@ -128,16 +128,19 @@ def test_actor_writes_consistent_unrolls(server_factory):
   server, client = server_factory(config, spec)
   learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
   reports = []
+  env = envs.make_vector_env(config.env_id, config.envs_per_actor, seed=1)
   actor = Actor(
-      env=envs.make_vector_env(config.env_id, config.envs_per_actor, seed=1),
+      env=env,
       network=builder.make_network(config, spec), variable_source=learner,
       writer=replay_lib.UnrollWriter(client, builder.make_spec(config, spec), 4),
       key=jax.random.PRNGKey(0), variable_update_period=5,
       report=lambda steps, returns, lengths, errors: reports.append((steps, returns, lengths)),
       report_every_seconds=1e9, stop_event=threading.Event())
   vector_steps = 201
+  assert not env.closed
   env_steps = actor.run(max_steps=vector_steps)
   assert env_steps == vector_steps * 4
+  assert env.closed  # a run is one-shot: it closes what it was given
   n_unrolls = (vector_steps - 1) // 10 * 4
   assert client.server_info()[replay_lib.TABLE].current_size == n_unrolls // 4
 
@@ -364,3 +367,41 @@ def test_an_actor_stopped_before_the_learner_answers_ends_without_acting(server_
   assert actor.run(max_steps=10) == 0
   assert learner.calls == 2
   assert client.server_info()[replay_lib.TABLE].current_size == 0
+
+
+class _RecordingLogger:
+
+  def __init__(self):
+    self.rows, self.closed = [], False
+
+  def write(self, row):
+    self.rows.append(row)
+
+  def close(self):
+    self.closed = True
+
+
+def test_the_evaluator_reports_greedy_returns_and_closes_its_env_and_logger():
+  from podmeta.evaluation import Evaluator
+  config = Config(eval_episodes=2)
+  spec = envs.env_spec("CartPole-v1")
+  learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
+  stop, reported = threading.Event(), []
+
+  def report(version, mean):
+    reported.append((version, mean))
+    stop.set()  # one evaluation is enough here
+    return 1234
+
+  env = envs.make_vector_env(config.env_id, config.eval_episodes, seed=5)
+  logger = _RecordingLogger()
+  evaluator = Evaluator(env=env, network=builder.make_network(config, spec),
+                        variable_source=learner, key=jax.random.PRNGKey(0), every_seconds=0.0,
+                        logger=logger, report=report, stop_event=stop)
+  evaluator.run()
+  (version, mean), = reported
+  assert version == 0 and mean >= 8.0  # CartPole episodes last at least 8 steps
+  row, = logger.rows
+  assert (row["learner_steps"], row["eval_return"], row["eval_env_steps"]) == (0, mean, 1234)
+  assert row["eval_episodes"] == 2
+  assert env.closed and logger.closed
