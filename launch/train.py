@@ -145,7 +145,11 @@ def main(argv):
       # The host's program runs in a child this process watches: see podmeta.pod_host.
       info = os.path.join(tempfile.gettempdir(), f"podmeta-pod-host-{os.getpid()}.json")
       try:
-        code = pod_host.run([sys.executable, "-m", "launch.train", *sys.argv[1:]], info)
+        code, error = pod_host.run([sys.executable, "-m", "launch.train", *sys.argv[1:]], info)
+        if error:
+          # A child killed mid-write (JAX's abort dumps every thread's stack)
+          # can leave its last line unfinished: ours starts on a line of its own.
+          print(f"\npodmeta: error: {error}", file=sys.stderr)
       finally:
         if os.path.exists(info):
           os.remove(info)

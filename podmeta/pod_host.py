@@ -24,9 +24,8 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from absl import logging
 
@@ -80,8 +79,9 @@ def _reachable(address: str, timeout_s: float = 3.0) -> bool:
     return False
 
 
-def run(command: List[str], info_path: str) -> int:
-  """Runs `command` (this launcher, as the child) and returns the exit code to end with.
+def run(command: List[str], info_path: str) -> Tuple[int, Optional[str]]:
+  """Runs `command` (this launcher, as the child); returns the exit code to end
+  with and, where the child was killed, the one-line error for the launcher to print.
 
   SIGTERM is passed on to the child. SIGINT is not: the child is in the same
   process group, so a Ctrl-C on the terminal reaches it directly.
@@ -99,16 +99,11 @@ def run(command: List[str], info_path: str) -> int:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
   if code >= 0:
-    return code
+    return code, None  # the child printed its own verdict
   info = _read_info(info_path)
   how = supervisor.describe_exit(code)
-  # A child killed mid-write (JAX's abort dumps every thread's stack) can
-  # leave its last line unfinished: ours starts on a line of its own.
-  sys.stderr.write("\n")
   if info is None:
-    message = f"the pod host died before joining the pod ({how})"
-    print(f"podmeta: error: {message}", file=sys.stderr)
-    return 1
+    return 1, f"the pod host died before joining the pod ({how})"
   if info.process_id != 0 and not _reachable(info.coordinator_address):
     outcome = _process_0_lost(supervisor.Outcome(), info.coordinator_address,
                               f"this host's JAX runtime ended the process: {how}")
@@ -118,8 +113,7 @@ def run(command: List[str], info_path: str) -> int:
     supervisor.record_outcome(info.host_dir, outcome, started_at)
   except Exception as e:  # pylint: disable=broad-except
     logging.warning("could not write %s/summary.json: %s", info.host_dir, e)
-  print(f"podmeta: error: {outcome.failure}", file=sys.stderr)
-  return 1
+  return 1, outcome.failure
 
 
 def _process_0_lost(outcome: supervisor.Outcome, coordinator_address: str,
