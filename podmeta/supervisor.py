@@ -167,10 +167,6 @@ class Supervisor:
     self._stop_requested = False
     self._kill_now = False
 
-  @property
-  def node_names(self) -> List[str]:
-    return [n.name for n in self._nodes]
-
   def run(self) -> Outcome:
     previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     kill_at = None

@@ -74,10 +74,6 @@ class Parameterisation:
       self._net = hk.without_apply_rng(hk.transform(forward))
 
   @property
-  def names(self):
-    return self._names
-
-  @property
   def uses_context(self) -> bool:
     return bool(self._hidden_sizes)
 
