@@ -46,17 +46,21 @@ def load(run_dir: str):
   with open(path) as f:
     config = Config.from_mapping(json.load(f))
   spec = builder.env_spec(config)
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise ValueError(f"no checkpoint in {ckpt_dir}")
   # A pod's checkpoint holds a meta ring of the whole pod's batch.
-  _, counters = read_latest_counters(os.path.join(run_dir, "checkpoints"))
+  _, counters = read_latest_counters(ckpt_dir)
   _, template = builder.make_update_and_state(
       config, spec, axis_name=None, num_processes=int((counters or {}).get("num_processes", 1)))
-  checkpointer = builder.make_checkpointer(config, run_dir)
+  # Read-only: evaluating (perhaps beside a live run) moves and creates nothing.
+  checkpointer = builder.make_checkpointer(config, run_dir, read_only=True)
   try:
     restored = checkpointer.restore_latest(template)
   finally:
     checkpointer.close()
   if restored is None:
-    raise ValueError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
+    raise ValueError(f"no checkpoint in {ckpt_dir}")
   state, counters = restored
   return config, state.params, int(counters.get("learner_steps", state.step))
 

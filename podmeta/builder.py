@@ -146,9 +146,10 @@ def make_learner(config: Config, spec: envs.EnvSpec, devices=None) -> learning.L
   return learning.Learner(update, state, devices=devices)
 
 
-def make_checkpointer(config: Config, run_dir: str) -> Checkpointer:
+def make_checkpointer(config: Config, run_dir: str, read_only: bool = False) -> Checkpointer:
   from podmeta.checkpointing import Checkpointer
-  return Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoints_to_keep)
+  return Checkpointer(os.path.join(run_dir, "checkpoints"), config.checkpoints_to_keep,
+                      read_only=read_only)
 
 
 def make_tables(config: Config, spec: envs.EnvSpec):
@@ -369,7 +370,9 @@ def preflight(config: Config, run_dir: str, num_devices: Optional[int] = None,
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
     _, learner_template = make_update_and_state(config, spec, num_processes=num_processes)
-    checkpointer = make_checkpointer(config, run_dir)
+    # Read-only: the learner sets an unreadable checkpoint aside when it
+    # restores; this check (on a pod, every host's) changes nothing.
+    checkpointer = make_checkpointer(config, run_dir, read_only=True)
     try:
       checkpointer.restore_latest(learner_template)  # raises CheckpointError (a ValueError)
     finally:

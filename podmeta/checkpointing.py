@@ -31,12 +31,19 @@ class _Unreadable(CheckpointError):
 
 class Checkpointer:
 
-  def __init__(self, directory: str, max_to_keep: int = 3):
+  def __init__(self, directory: str, max_to_keep: int = 3, read_only: bool = False):
+    """`read_only`: for readers beside the run (the launcher's preflight, on a
+    pod every host's; `evaluate`): the directory must exist, and an unreadable
+    checkpoint is skipped but left where it is (the learner sets it aside)."""
     self._directory = os.path.abspath(directory)
+    self._read_only = read_only
     # Only this process uses the manager, even on a pod (where process 0
     # alone writes): orbax would otherwise wait at barriers for the others.
     me = jax.process_index()
-    os.makedirs(self._directory, exist_ok=True)
+    if read_only and not os.path.isdir(self._directory):
+      raise CheckpointError(f"no checkpoint directory {self._directory}")
+    if not read_only:
+      os.makedirs(self._directory, exist_ok=True)
     self._manager = ocp.CheckpointManager(
         self._directory,
         options=ocp.CheckpointManagerOptions(
@@ -59,6 +66,8 @@ class Checkpointer:
     as the final save does when no learner step happened since the last one,
     only updates its counters (the actors kept counting env steps).
     """
+    if self._read_only:
+      raise CheckpointError(f"{self._directory} was opened read-only")
     if step not in self._manager.all_steps():
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(jax.tree.map(np.asarray, state)),
@@ -87,8 +96,9 @@ class Checkpointer:
     """(state, counters) of the newest readable checkpoint, or None if there is none.
 
     A newest checkpoint that cannot be read (truncated, corrupted, holding
-    non-finite values) is moved aside to `corrupt-<step>`, never deleted, and
-    the previous one is restored instead, with a warning naming both. One that
+    non-finite values) is moved aside to `corrupt-<step>` (read-only: left in
+    place), never deleted, and the previous one is restored instead, with a
+    warning naming both. One that
     does not match `template` (another network or optimiser) raises
     CheckpointError naming it: that is a config mistake, not a fault.
     """
@@ -134,7 +144,7 @@ class Checkpointer:
 
   def _set_aside(self, skipped) -> None:
     """Renames unreadable checkpoints so that saves of lower steps become the newest."""
-    if not skipped:
+    if not skipped or self._read_only:
       return
     for step, _ in skipped:
       src = os.path.join(self._directory, str(step))
@@ -165,7 +175,7 @@ def read_latest_counters(directory: str) -> Tuple[Optional[int], Optional[Dict[s
   or (None, None) if there is none or its counters cannot be read."""
   if not os.path.isdir(directory):
     return None, None
-  checkpointer = Checkpointer(directory)
+  checkpointer = Checkpointer(directory, read_only=True)
   try:
     return checkpointer.latest_counters()
   except Exception as e:  # pylint: disable=broad-except

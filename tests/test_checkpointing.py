@@ -79,3 +79,31 @@ def test_no_readable_checkpoint_raises_and_moves_nothing(tmp_path):
   with pytest.raises(checkpointing.CheckpointError, match="unreadable checkpoint"):
     ckpt.restore_latest(_state(0))
   assert os.path.isdir(os.path.join(ckpt.directory, "3"))
+
+
+def test_a_read_only_reader_falls_back_past_a_damaged_checkpoint_and_changes_nothing(tmp_path):
+  """preflight (every host of a pod) and `evaluate` read beside the run: they
+  skip an unreadable newest checkpoint as the learner does, but leave it in
+  place for the learner to set aside, and never create or write anything."""
+  directory = str(tmp_path / "ckpt")
+  with pytest.raises(checkpointing.CheckpointError, match="no checkpoint directory"):
+    checkpointing.Checkpointer(directory, read_only=True)
+  assert not os.path.exists(directory)
+  ckpt = checkpointing.Checkpointer(directory)
+  ckpt.save(5, _state(5), {"env_steps": 100})
+  ckpt.save(7, _state(7), {"env_steps": 200})
+  ckpt.close()
+  _damage(os.path.join(directory, "7"), "garbage")
+  before = sorted(os.listdir(directory))
+  reader = checkpointing.Checkpointer(directory, read_only=True)
+  state, counters = reader.restore_latest(_state(0))
+  np.testing.assert_array_equal(state["w"], _state(5)["w"])
+  assert counters == {"env_steps": 100}
+  with pytest.raises(checkpointing.CheckpointError, match="read-only"):
+    reader.save(8, _state(8), {"env_steps": 300})
+  reader.close()
+  assert sorted(os.listdir(directory)) == before
+  # The learner's own restore then sets the damaged one aside.
+  learner = checkpointing.Checkpointer(directory)
+  assert learner.restore_latest(_state(0))[1] == {"env_steps": 100}
+  assert "corrupt-7" in os.listdir(directory)
