@@ -39,7 +39,7 @@ def main(argv):
     per_node = math.ceil(n / min(n, _PROCESSES.value))
     nodes = math.ceil(n / per_node)
     logging.info("%d actors: %d per process, %d processes", n, per_node, nodes)
-    rate = throughput.end_to_end_rate(n, "local_mp", throughput._SECONDS.value,
+    rate, _ = throughput.end_to_end_rate(n, "local_mp", throughput._SECONDS.value,
                                       throughput._WARMUP.value,
                                       [f"--config.actors_per_node={per_node}",
                                        "--config.eval_episodes=0"])
@@ -93,9 +93,11 @@ def _write_table(results, plot_path):
   for r in results["rows"]:
     lines.append(f"| {r['actors']} | {r['actors_per_process']} | {r['actor_processes']} | "
                  f"{r['env_steps_per_second']:,.0f} | {r['ratio_to_raw']:.2f} |")
-  lines += ["", f"![actor scaling]({os.path.relpath(plot_path, throughput.REPO)})"]
-  markdown.replace_block(os.path.join(throughput.REPO, throughput._MARKDOWN.value), BEGIN, END,
-                         "\n".join(lines), title="Benchmarks",
+  table = throughput._MARKDOWN.value
+  # The image's path is relative to the file that shows it.
+  image = os.path.relpath(plot_path, os.path.dirname(os.path.abspath(table)))
+  lines += ["", f"![actor scaling]({image})"]
+  markdown.replace_block(table, BEGIN, END, "\n".join(lines), title="Benchmarks",
                          heading="## Actor scaling (CartPole-v1, local_mp)\n\n")
 
 
