@@ -16,8 +16,10 @@ def _state(value):
 def test_a_second_save_of_the_same_step_keeps_the_newer_counters(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
   ckpt.save(5, _state(5), {"env_steps": 100})
-  # The final save: no learner step since, but the actors kept counting.
-  ckpt.save(5, _state(5), {"env_steps": 160})
+  # The final save: no learner step since, but the actors kept counting. The
+  # state of a step is written once: a second one (here made different, so
+  # that a rewrite would show) leaves the first in place.
+  ckpt.save(5, _state(6), {"env_steps": 160})
   ckpt.close()
   reopened = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
   assert reopened.latest_step() == 5

@@ -400,7 +400,14 @@ def test_the_evaluator_reports_greedy_returns_and_closes_its_env_and_logger():
                         logger=logger, report=report, stop_event=stop)
   evaluator.run()
   (version, mean), = reported
-  assert version == 0 and mean >= 8.0  # CartPole episodes last at least 8 steps
+  # The greedy policy's episodes on the same env seed, run here directly.
+  from podmeta.acting import make_policy
+  from podmeta.evaluation import run_episodes
+  network = builder.make_network(config, spec)
+  reference = run_episodes(envs.make_vector_env(config.env_id, config.eval_episodes, seed=5),
+                           network, make_policy(network, greedy=True),
+                           learner.get_variables()[1], jax.random.PRNGKey(1))
+  assert version == 0 and mean == float(np.mean(reference)) >= 8.0
   row, = logger.rows
   assert (row["learner_steps"], row["eval_return"], row["eval_env_steps"]) == (0, mean, 1234)
   assert row["eval_episodes"] == 2
