@@ -203,7 +203,7 @@ def atari_rows(config):
         "raw_env_steps_per_second": raw_env_rate(cfg, seconds=5.0, repeats=2),
         "actor_env_steps_per_second": actor_rate(cfg, seconds=20.0),
         "actor_on_device_env_steps_per_second": actor_rate(cfg, seconds=20.0, on_device=True)}
-  return {"config": _ATARI_CONFIG.value, "env_id": config.env_id,
+  return {"date": time.strftime("%Y-%m-%d"), "config": _ATARI_CONFIG.value, "env_id": config.env_id,
           "envs_per_actor": config.envs_per_actor, "backends": backends,
           "learner_updates_per_second": rate / (config.batch_size * config.unroll_length),
           "learner_devices": devices, "batch_size": config.batch_size,
@@ -276,8 +276,9 @@ def write_outputs(results):
   atari = results.get("atari")
   if atari and "backends" in atari:
     lines += [
-        "", f"Atari (`{atari['config']}`, {atari['env_id']}, {atari['envs_per_actor']} envs "
-        "per actor; one process pinned to one core):", "",
+        "", f"Atari (measured {atari.get('date', 'before dates were kept')} by `make bench`'s "
+        f"`--atari_only` process; `{atari['config']}`, {atari['env_id']}, "
+        f"{atari['envs_per_actor']} envs per actor; one process pinned to one core):", "",
         "| backend | what | rate | ratio to (a) |", "|---|---|---:|---:|"]
     for backend, rows in atari["backends"].items():
       raw = rows["raw_env_steps_per_second"]
