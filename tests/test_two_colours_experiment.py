@@ -208,3 +208,27 @@ def test_the_distributed_config_runs_the_protocols_agent_and_meta_setup():
       assert getattr(config.meta, name) == value, name
   assert config.meta.hyperparams["entropy_cost"].init == 0.5
   assert (config.meta.method, config.meta.context, config.meta.target_steps) == ("bmg", "reward", 8)
+
+
+def test_the_interim_report_finds_where_a_lasting_saturation_began():
+  """benchmarks.two_colours_interim: the onset of the first run of saturated
+  points long enough to count, placed within its colour-swap period."""
+  from benchmarks import two_colours_interim as interim
+  entropy = np.ones(40)
+  entropy[12:36] = 0.0  # 24 saturated points from point 12
+  assert interim.lasting_saturation_onset(entropy, 20) == 12
+  assert interim.lasting_saturation_onset(entropy, 25) is None
+  broken = entropy.copy()
+  broken[20] = 1.0  # two runs of 8 and 15 points
+  assert interim.lasting_saturation_onset(broken, 20) is None
+  curves = {"reward": np.full((40, 2), 100.0),  # each point sums 10k steps' rewards
+            "entropy": np.stack([entropy, np.ones(40)], 1),
+            "entropy_cost": np.full((40, 2), 0.05)}
+  lines = interim.report(curves, point_steps=10_000, every=200_000, lasting=20)
+  assert lines[0] == "2 lanes, 400,000 env steps each"
+  assert "| 0.0-0.2M | 0.010 0.010 | 0.010 | 0.050 | 20% |" in lines  # 8 of 40 points
+  assert "| 0.2-0.4M | 0.010 0.010 | 0.010 | 0.050 | 40% |" in lines  # 16 of 40
+  onset, = [l for l in lines if l.startswith("  lane 0:")]
+  assert "from 120,000 env steps, 20,000 after a colour swap" in onset
+  assert "unsaturated on 50% of later points" in onset  # points 32-39: 4 of 8
+  assert "  lane 1: none" in lines
