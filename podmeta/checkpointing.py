@@ -98,9 +98,9 @@ class Checkpointer:
     A newest checkpoint that cannot be read (truncated, corrupted, holding
     non-finite values) is moved aside to `corrupt-<step>` (read-only: left in
     place), never deleted, and the previous one is restored instead, with a
-    warning naming both. One that
-    does not match `template` (another network or optimiser) raises
-    CheckpointError naming it: that is a config mistake, not a fault.
+    warning naming both. One that does not match `template` (another network
+    or optimiser) raises CheckpointError naming it: that is a config mistake,
+    not a fault.
     """
     skipped = []
     for step in sorted(self._manager.all_steps(), reverse=True):
