@@ -25,15 +25,25 @@ vmapped together as "lanes".
 
 Resumable: each (setting, seed) writes a shard
 benchmarks/results/two_colours/<phase>/<setting>/seed<k>.json when it
-finishes (committed), and a running program saves its lanes' state every
-`--save_every_minutes` under `--partial_dir` (~/.cache/podmeta/two_colours;
-hundreds of MB, outside the repository); a stopped run continues from both.
+finishes (committed). A running program saves its lanes' state every
+`--save_every_minutes` and when --max_minutes ends it, twice: whole under
+`--partial_dir` (~/.cache/podmeta/two_colours; tens of MB per meta program,
+outside the repository), and without the meta ring buffer under
+benchmarks/results/two_colours/_resume/ (a few MB; commit it: a 10M-step
+program takes longer than one working session, and ~/.cache does not outlive
+the machine). Ctrl-C or SIGTERM stops it the same way: each program saves
+its state after the curve point it is on, and the command exits non-zero.
+A stopped run continues from the shards and whichever saved state got
+further; a resume from _resume/ refills the ring before the next
+meta-update (K+L-1 learner steps, recorded in the shards as `ring_refills`).
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import List, Optional, Sequence, Tuple
 
@@ -118,11 +128,14 @@ def _run_phase_in_workers(phase: str, deadline: Optional[float]) -> bool:
   try:
     codes = [p.wait() for p in procs]
   except KeyboardInterrupt:
+    # Each worker saves its program's state after the curve point it is on
+    # (seconds) and exits; none is left running.
     for p in procs:
       p.terminate()
     for p in procs:
       p.wait()
-    raise
+    raise SystemExit(f"two_colours: stopped by a signal during the {phase} phase; the "
+                     "programs saved their state: run the same command again to continue")
   if any(c not in (0, 3) for c in codes):
     raise RuntimeError(f"a {phase} worker failed (exit codes {codes})")
   return all(c == 0 for c in codes)
@@ -195,11 +208,15 @@ def main(argv):
   out = _OUT.value
   if _WORKER_INDEX.value >= 0:  # one worker's share of one phase
     deadline = _DEADLINE.value or None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(sig, lambda *_: stop.set())
     finished = lib.run_jobs(phase_jobs(_PHASE.value, methods, out), out, _LOG_EVERY.value,
                             _SWAP_EVERY.value, 60 * _SAVE_EVERY.value, deadline,
                             (_WORKER_INDEX.value, _WORKERS.value), partial_dir=_PARTIAL.value,
-                            max_lanes=_MAX_LANES.value)
+                            max_lanes=_MAX_LANES.value, stop=stop)
     sys.exit(0 if finished else 3)
+  signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as Ctrl-C does
   deadline = time.time() + 60 * _MAX_MINUTES.value if _MAX_MINUTES.value else None
   if not _REPLOT.value:
     for phase in (("tune", "final") if _PHASE.value == "all" else (_PHASE.value,)):

@@ -26,8 +26,9 @@ import numpy as np
 from envs import two_colours
 
 _PARTIAL = flags.DEFINE_string(
-    "partial_dir", os.path.expanduser("~/.cache/podmeta/two_colours/final"),
-    "Directory of the programs' saved state (two_colours --partial_dir, phase final).")
+    "partial_dir", "benchmarks/results/two_colours/_resume/final",
+    "Directory of the programs' saved state: their portable state (the default) "
+    "or their whole state (two_colours --partial_dir, then /final).")
 _POINT_STEPS = flags.DEFINE_integer("log_every", 10_000, "Env steps per curve point.")
 _EVERY = flags.DEFINE_integer("every", 1_000_000, "Env steps per stretch of the table.")
 _LASTING = flags.DEFINE_integer("lasting", 20, "Consecutive saturated points that count.")

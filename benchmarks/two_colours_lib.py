@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -41,6 +42,7 @@ MG_OUTER_ENTROPY = (0.0, 0.1)
 METHODS = ("fixed", "mg", "mg_ctx", "bmg", "bmg_ctx")
 HEADLINE = ("fixed", "mg_ctx", "bmg_ctx")
 FINAL_SEED0 = 100  # final runs use seeds no tuning run saw
+RESUME_DIR = "_resume"  # under the shard directory: running programs' portable state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,26 +215,38 @@ CURVES = ("reward", "entropy", "entropy_cost", "grad_clipped", "grad_norm", "val
 
 def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log_every: int,
               swap_every: int, partial_path: Optional[str] = None,
-              save_every_seconds: float = 600.0, deadline: Optional[float] = None
-              ) -> Optional[List[dict]]:
+              save_every_seconds: float = 600.0, deadline: Optional[float] = None,
+              portable_path: Optional[str] = None,
+              stop: Optional[threading.Event] = None) -> Optional[List[dict]]:
   """Runs lanes (settings[i], seeds[i]) of one program; a result dict per lane.
 
-  With `partial_path`, the lanes' state is saved there every
-  `save_every_seconds` and picked up again by a later call. Returns None if
-  `deadline` (time.time()) passed first (the state is saved).
+  With `partial_path`, the lanes' whole state is saved there every
+  `save_every_seconds` (and at the deadline) and picked up again by a later
+  call: the resumed run equals one never stopped. With `portable_path`, the
+  same state without the meta ring buffer (its K+L-1 parameter snapshots
+  are nine tenths of a meta lane's state: tens of MB per program) is saved
+  there too, small enough to commit, so a run outlives the machine it ran
+  on. A resume from the portable state refills the ring first: the next
+  K+L-1 learner steps update the agent with the meta-parameters held, as at
+  the start of a run, and the lanes' results count these `ring_refills`.
+  Returns None if `deadline` (time.time()) passed or `stop` was set first
+  (checked after each curve point; the state is saved).
   """
   assert len({s.program for s in settings}) == 1, "lanes must share one program"
   runner, values, point_steps = _program(settings, log_every, swap_every)
   points = max(1, steps // point_steps)
   curves = {k: [] for k in CURVES}
-  done, seconds = 0, 0.0
-  if partial_path and os.path.exists(partial_path):
-    with open(partial_path, "rb") as f:
-      saved = pickle.load(f)
-    carry, curves, done, seconds = saved["carry"], saved["curves"], saved["done"], saved["seconds"]
-    logging.info("resuming %s at point %d/%d", partial_path, done, points)
-  else:
+  done, seconds, refills = 0, 0.0, 0
+  saved, path = _latest_saved(partial_path, portable_path)
+  if saved is None:
     carry = initial_carry(settings, seeds)
+  else:
+    carry, curves, done, seconds = saved["carry"], saved["curves"], saved["done"], saved["seconds"]
+    refills = saved.get("ring_refills", 0)
+    if path == portable_path:
+      carry = _with_ring(carry, initial_carry(settings, seeds))
+      refills += int(_has_ring(carry))
+    logging.info("resuming %s at point %d/%d", path, done, points)
   start = last_log = last_save = time.time()
   first = done
   label = f"{settings[0].program} x{len(settings)} lanes"
@@ -249,22 +263,30 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
                    "reward/step %.3f", label, done * point_steps, points * point_steps,
                    (done - first) * point_steps * len(settings) / (now - start),
                    float(np.mean(curves["reward"][-1])) / point_steps)
-    out_of_time = deadline is not None and now > deadline and done < points
-    if partial_path and (now - last_save > save_every_seconds or out_of_time):
+    out_of_time = done < points and ((deadline is not None and now > deadline)
+                                     or (stop is not None and stop.is_set()))
+    if (partial_path or portable_path) and (now - last_save > save_every_seconds
+                                            or out_of_time):
       last_save = now
-      _save_partial(partial_path, carry, curves, done, seconds + now - start)
+      saved = {"carry": jax.device_get(carry), "curves": curves, "done": done,
+               "seconds": seconds + now - start, "ring_refills": refills}
+      if partial_path:
+        _save_pickle(partial_path, saved)
+      if portable_path:
+        _save_pickle(portable_path, dict(saved, carry=_with_ring(saved["carry"], None)))
     if out_of_time:
       return None
   seconds += time.time() - start
-  if partial_path and os.path.exists(partial_path):
-    os.remove(partial_path)
+  for path in (partial_path, portable_path):
+    if path and os.path.exists(path):
+      os.remove(path)
   results = []
   for i, (setting, seed) in enumerate(zip(settings, seeds)):
     results.append({
         "setting": setting.name, "method": setting.method, "seed": int(seed),
         "spec": dataclasses.asdict(setting), "point_steps": point_steps,
         "env_steps": points * point_steps, "swap_every": swap_every,
-        "lanes": len(settings), "program_seconds": seconds,
+        "lanes": len(settings), "program_seconds": seconds, "ring_refills": refills,
         "agent": agent_digest(setting.agent_extra),
         **{k: [float(np.asarray(v)[i]) for v in curves[k]] for k in CURVES}})
   return results
@@ -308,13 +330,39 @@ def collect_rows(names: Sequence[str], requested: Optional[Sequence[str]], run, 
   return results
 
 
-def _save_partial(path, carry, curves, done, seconds):
+def _save_pickle(path, obj):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
-    pickle.dump({"carry": jax.device_get(carry), "curves": curves, "done": done,
-                 "seconds": seconds}, f)
+    pickle.dump(obj, f)
   os.replace(tmp, path)
+
+
+def _latest_saved(*paths) -> Tuple[Optional[dict], Optional[str]]:
+  """The saved state that got furthest among `paths` (the first on ties), and its path."""
+  best, best_path = None, None
+  for path in paths:
+    if path and os.path.exists(path):
+      with open(path, "rb") as f:
+        saved = pickle.load(f)
+      if best is None or saved["done"] > best["done"]:
+        best, best_path = saved, path
+  return best, best_path
+
+
+def _has_ring(carry) -> bool:
+  meta = carry[2].meta
+  return isinstance(meta, meta_update.MetaState) and meta.ring != ()
+
+
+def _with_ring(carry, ring_from):
+  """`carry` with its lanes' meta ring taken from the carry `ring_from`
+  (None: dropped); unchanged when the lanes keep no ring."""
+  if not _has_ring(carry if ring_from is None else ring_from):
+    return carry
+  env_state, obs, state, key = carry
+  ring = None if ring_from is None else ring_from[2].meta.ring
+  return env_state, obs, state._replace(meta=state.meta._replace(ring=ring)), key
 
 
 # -- the protocol ----------------------------------------------------------------
@@ -405,15 +453,17 @@ def split_lanes(group: Sequence, max_lanes: int) -> List[List]:
 def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int,
              swap_every: int, save_every_seconds: float, deadline: Optional[float],
              worker: Tuple[int, int] = (0, 1), partial_dir: Optional[str] = None,
-             max_lanes: int = 0) -> bool:
+             max_lanes: int = 0, stop: Optional[threading.Event] = None) -> bool:
   """jobs: (phase, setting, seed, steps). Runs those without a shard, grouped by program.
 
   `worker` = (index, count): this process runs its share of the groups.
   `max_lanes` caps a program's lanes: a final's 10 seeds as two programs of 5
   run on both workers and write their shards twice as soon, which matters
   when a 10M-step program takes most of a working session.
-  Running programs save their state under `partial_dir` (default: out/_partial).
-  Returns False if the deadline stopped it.
+  Running programs save their whole state under `partial_dir` (default:
+  out/_partial) and their portable state (no meta ring; see run_lanes) under
+  out/_resume, which the repository keeps.
+  Returns False if the deadline or `stop` stopped it (see run_lanes).
   """
   todo = [j for j in jobs if _read_shard(shard_path(out, j[0], j[1], j[2])) is None]
   by_program: Dict[Tuple, List] = {}
@@ -434,9 +484,10 @@ def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int
         f"{s.lane_value:g}x{seed}" for s, seed in zip(settings, seeds))
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     partial = os.path.join(partial_dir or os.path.join(out, "_partial"), phase, f"{digest}.pkl")
+    portable = os.path.join(out, RESUME_DIR, phase, f"{digest}.pkl")
     logging.info("%s: %s, %d lanes x %d env steps", phase, settings[0].method, len(group), steps)
     results = run_lanes(settings, seeds, steps, log_every, swap_every, partial,
-                        save_every_seconds, deadline)
+                        save_every_seconds, deadline, portable, stop)
     if results is None:
       return False
     for (ph, setting, seed, _), result in zip(group, results):

@@ -6,11 +6,16 @@ jit/vmap with the JAX-native env (benchmarks/two_colours_lib.py).
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 
 from benchmarks import two_colours_lib as lib
 from benchmarks import two_colours_report as report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_jax_agent_learns_the_two_colours_grid_world():
@@ -49,9 +54,12 @@ def test_protocol_resumes_from_shards_and_partial_state_and_writes_the_report(tm
   assert not lib.run_jobs(jobs, out, 1_024, 2_048, save_every_seconds=1e9, deadline=0.0)
   assert not lib.load_shards(out, "tune")
   assert len(os.listdir(os.path.join(out, "_partial", "tune"))) == 1
+  assert len(os.listdir(os.path.join(out, lib.RESUME_DIR, "tune"))) == 1
   assert lib.run_jobs(jobs, out, 1_024, 2_048, save_every_seconds=1e9, deadline=None)
   shards = lib.load_shards(out, "tune")
   assert len(shards) == 4 and not os.listdir(os.path.join(out, "_partial", "tune"))
+  assert not os.listdir(os.path.join(out, lib.RESUME_DIR, "tune"))
+  assert all(s["ring_refills"] == 0 for s in shards)
   assert all(len(s["reward"]) == 4 and s["env_steps"] == 4_096 for s in shards)
   # The resumed run equals one that was never stopped.
   fresh = lib.run_lanes([j[1] for j in jobs], [j[2] for j in jobs], 4_096, 1_024, 2_048)
@@ -96,6 +104,68 @@ def test_protocol_resumes_from_shards_and_partial_state_and_writes_the_report(tm
   assert "| best fixed entropy cost | 2 of 5 | 2 x 4,096 |" in text
   assert os.path.exists(os.path.join(out, "final.png"))
   assert os.path.exists(os.path.join(out, "entropy_cost_swaps.png"))
+
+
+def test_a_run_resumes_from_its_portable_state_after_refilling_the_meta_ring(tmp_path):
+  """The committed state lacks the meta ring: a resume from it holds the
+  meta-parameters for the K+L-1 learner steps that refill the ring (as at a
+  run's start); a resume from the whole state equals a run never stopped."""
+  setting, ring = lib.Setting("bmg", meta_lr=1e-2, k=1, l=3), 3
+  steps, point = 16 * 8, 16  # one learner step per curve point
+  fresh = lib.run_lanes([setting], [0], steps, point, 1_000)[0]
+  whole, portable = str(tmp_path / "whole.pkl"), str(tmp_path / "portable.pkl")
+
+  def stop_after_one_point():
+    assert lib.run_lanes([setting], [0], steps, point, 1_000, whole, 1e9, 0.0, portable) is None
+
+  stop_after_one_point()
+  assert os.path.getsize(portable) < os.path.getsize(whole) / 2
+  resumed = lib.run_lanes([setting], [0], steps, point, 1_000, whole, 1e9, None, portable)[0]
+  np.testing.assert_array_equal(resumed["entropy_cost"], fresh["entropy_cost"])
+  assert resumed["ring_refills"] == 0
+  assert not os.path.exists(whole) and not os.path.exists(portable)
+
+  stop_after_one_point()
+  os.remove(whole)
+  resumed = lib.run_lanes([setting], [0], steps, point, 1_000, whole, 1e9, None, portable)[0]
+  assert resumed["ring_refills"] == 1 and len(resumed["reward"]) == 8
+  start = lib.META["hyperparams"]["entropy_cost"]["init"]
+  # A fresh run first moves its entropy cost once its ring is full (point
+  # `ring`); the resumed one holds it through points 1..ring while refilling.
+  assert np.all(np.asarray(fresh["entropy_cost"][:ring]) == start)
+  assert fresh["entropy_cost"][ring] != start
+  assert np.all(np.asarray(resumed["entropy_cost"][:ring + 1]) == start)
+  assert resumed["entropy_cost"][ring + 1] != start
+  # Acting before the stop is untouched.
+  assert resumed["reward"][0] == fresh["reward"][0]
+
+
+def test_sigterm_stops_the_protocol_with_its_state_saved_and_the_next_run_resumes(tmp_path):
+  out = str(tmp_path / "shards")
+  cmd = [sys.executable, "-m", "benchmarks.two_colours", "--phase=tune", "--methods=fixed",
+         "--tune_seeds=1", "--tune_steps=20000", "--log_every=1000", "--workers=1",
+         f"--out={out}", f"--partial_dir={tmp_path / 'whole'}",
+         f"--results_md={tmp_path / 'RESULTS.md'}"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+  seen = []
+  for line in proc.stderr:  # the worker has its handlers once it names its program
+    seen.append(line)
+    if "tune: fixed, 5 lanes" in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode not in (0, None), "".join(seen) + err
+  assert "stopped by a signal during the tune phase" in err.strip().splitlines()[-1]
+  assert not lib.load_shards(out, "tune")
+  assert len(os.listdir(os.path.join(out, lib.RESUME_DIR, "tune"))) == 1
+  assert len(os.listdir(tmp_path / "whole" / "tune")) == 1
+  assert out not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                   text=True).stdout  # no worker left behind
+  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "resuming" in done.stderr
+  shards = lib.load_shards(out, "tune")
+  assert len(shards) == 5 and all(len(s["reward"]) == 20 for s in shards)
 
 
 def test_a_program_too_wide_for_max_lanes_runs_as_even_parts(tmp_path):
