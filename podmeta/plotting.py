@@ -36,7 +36,8 @@ def plot_run(run_dir: str, path: str = None) -> str:
   ax.set_ylabel("episode return")
   ax.set_title("Return")
   ax.grid(alpha=0.3)
-  ax.legend(loc="lower right", fontsize=8)
+  if ax.get_legend_handles_labels()[0]:  # a run that ended before its first episode has none
+    ax.legend(loc="lower right", fontsize=8)
   ax = axes[0, 1]
   if "env_steps_per_second" in learner:
     ax.plot(learner["env_steps"], learner["env_steps_per_second"], label="env steps/s")
