@@ -25,11 +25,18 @@ BEGIN, END = "<!-- two_colours:begin -->", "<!-- two_colours:end -->"
 
 
 def mean_ci(x: Sequence[float]):
-  """Mean and the half-width of its 95% t confidence interval (0 for one value)."""
+  """Mean and the half-width of its 95% t confidence interval (nan for one value)."""
   x = np.asarray(x, np.float64)
   if len(x) < 2:
     return float(x.mean()), float("nan")
   return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+
+
+def _with_ci(mean_half, digits: int) -> str:
+  mean, half = mean_half
+  if np.isnan(half):
+    return f"{mean:.{digits}f} (one seed: no CI)"
+  return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
 def welch(a: Sequence[float], b: Sequence[float]):
@@ -68,8 +75,8 @@ def final_table(final: Dict[str, List[dict]]) -> str:
     clipped = np.mean([np.mean(s["grad_clipped"]) for s in shards])
     steps = sorted({s["env_steps"] for s in shards})
     rows.append(f"| {LABELS[method]} | `{shards[0]['setting']}` | {len(shards)} | "
-                f"{', '.join(f'{n:,}' for n in steps)} | {per_step[0]:.4f} ± {per_step[1]:.4f} | "
-                f"{total[0]:.2f} ± {total[1]:.2f} | "
+                f"{', '.join(f'{n:,}' for n in steps)} | {_with_ci(per_step, 4)} | "
+                f"{_with_ci(total, 2)} | "
                 f"{PUBLISHED[method][0]:.2f} ± {PUBLISHED[method][1]:.2f} | {clipped:.1%} |")
   return "\n".join(rows)
 
@@ -174,7 +181,7 @@ def plot(final: Dict[str, List[dict]], out_dir: str) -> List[str]:
     x = (np.arange(curves.shape[1]) + window) * r["point_steps"]
     mean = curves.mean(0)
     ax.plot(x, mean, ":" if method == "fixed" else "-", lw=1.2,
-            label=f"{LABELS[method]} ({len(shards)} seeds)")
+            label=f"{LABELS[method]} ({len(shards)} seed{'s' if len(shards) > 1 else ''})")
     if len(shards) > 1:
       sem = curves.std(0, ddof=1) / np.sqrt(len(shards))
       ax.fill_between(x, mean - 2 * sem, mean + 2 * sem, alpha=0.15)

@@ -198,6 +198,14 @@ def test_published_ci_and_welch_against_references():
   assert 0.2 < p < 0.4
 
 
+def test_a_method_with_one_final_seed_so_far_gets_its_row_without_a_ci():
+  shard = {"setting": "mg-lr1e-03-K1-oe0.1", "reward": [300.0, 100.0], "env_steps": 4_000,
+           "grad_clipped": [0.25, 0.75]}
+  row = [r for r in report.final_table({"mg": [shard]}).splitlines() if r.startswith("| MG |")]
+  assert row == ["| MG | `mg-lr1e-03-K1-oe0.1` | 1 | 4,000 | 0.1000 (one seed: no CI) | "
+                 "1.00 (one seed: no CI) | 1.29 ± 0.08 | 50.0% |"]
+
+
 def test_mg_with_reward_context_answers_a_colour_swap_with_its_entropy_cost():
   """Luketina et al.'s observation (Sec. 6): with the reward context the
   meta-learned entropy cost rises at a colour swap, while the agent's reward
