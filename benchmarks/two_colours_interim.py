@@ -5,19 +5,19 @@ r"""What a grid-world run still in progress shows so far, from its saved state.
 
 A final run writes its shards only when its program ends (10M steps, hours on
 2 cores), but it saves its lanes' curves with its state every few minutes
-(`two_colours_lib.run_lanes`). This prints, per lane and per stretch of
-`--every` env steps, the reward per step, the meta-learned entropy cost and
-the fraction of saturated curve points (policy entropy below 0.01, the
-threshold of `two_colours_saturation`), and then where each lane's first
-lasting saturation (`--lasting` consecutive saturated points) began, counted
-from the colour swap before it. Not a result: the lanes are unnamed (a
-program's file is named by a digest of its settings and seeds) and unfinished.
+(`two_colours_lib.run_lanes`). This prints, per setting (the lanes of its
+programs side by side), per lane and per stretch of `--every` env steps, the
+reward per step, the meta-learned entropy cost and the fraction of saturated
+curve points (policy entropy below 0.01, the threshold of
+`two_colours_saturation`), and then where each lane's first lasting
+saturation (`--lasting` consecutive saturated points) began, counted from
+the colour swap before it. Not a result: the runs are unfinished.
 """
 
 import glob
 import os
 import pickle
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from absl import app
 from absl import flags
@@ -49,17 +49,25 @@ def lasting_saturation_onset(entropy: np.ndarray, lasting: int,
   return None
 
 
-def load_lanes(partial_dir: str) -> dict:
-  """Curves of every saved program's lanes side by side, cut to the shortest: name -> [points, lanes]."""
-  programs = []
+def load_lanes(partial_dir: str) -> Dict[str, dict]:
+  """Curves of the saved programs' lanes, by setting: name -> curve -> [points, lanes],
+  side by side and cut to the shortest program of that setting. Programs
+  saved before their lanes were named are grouped by file."""
+  by_setting: Dict[str, list] = {}
   for path in sorted(glob.glob(os.path.join(partial_dir, "*.pkl"))):
     with open(path, "rb") as f:
-      programs.append(pickle.load(f)["curves"])
-  if not programs:
+      saved = pickle.load(f)
+    names = {name for name, _ in saved.get("lanes", ())}
+    name = names.pop() if len(names) == 1 else f"unnamed ({os.path.basename(path)})"
+    by_setting.setdefault(name, []).append(saved["curves"])
+  if not by_setting:
     raise ValueError(f"no saved program state in {partial_dir}")
-  points = min(len(c["reward"]) for c in programs)
-  return {k: np.concatenate([np.stack(c[k][:points]) for c in programs], axis=1)
-          for k in ("reward", "entropy", "entropy_cost")}
+  out = {}
+  for name, programs in sorted(by_setting.items()):
+    points = min(len(c["reward"]) for c in programs)
+    out[name] = {k: np.concatenate([np.stack(c[k][:points]) for c in programs], axis=1)
+                 for k in ("reward", "entropy", "entropy_cost")}
+  return out
 
 
 def report(curves: dict, point_steps: int, every: int, lasting: int) -> List[str]:
@@ -97,8 +105,9 @@ def report(curves: dict, point_steps: int, every: int, lasting: int) -> List[str
 
 def main(argv):
   del argv
-  curves = load_lanes(_PARTIAL.value)
-  print("\n".join(report(curves, _POINT_STEPS.value, _EVERY.value, _LASTING.value)))
+  for name, curves in load_lanes(_PARTIAL.value).items():
+    print("\n".join([f"## {name}", ""] + report(curves, _POINT_STEPS.value, _EVERY.value,
+                                                _LASTING.value) + [""]))
 
 
 if __name__ == "__main__":

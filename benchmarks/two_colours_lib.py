@@ -269,7 +269,8 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
                                             or out_of_time):
       last_save = now
       saved = {"carry": jax.device_get(carry), "curves": curves, "done": done,
-               "seconds": seconds + now - start, "ring_refills": refills}
+               "seconds": seconds + now - start, "ring_refills": refills,
+               "lanes": [(st.name, int(seed)) for st, seed in zip(settings, seeds)]}
       if partial_path:
         _save_pickle(partial_path, saved)
       if portable_path:

@@ -113,13 +113,17 @@ def test_a_run_resumes_from_its_portable_state_after_refilling_the_meta_ring(tmp
   setting, ring = lib.Setting("bmg", meta_lr=1e-2, k=1, l=3), 3
   steps, point = 16 * 8, 16  # one learner step per curve point
   fresh = lib.run_lanes([setting], [0], steps, point, 1_000)[0]
-  whole, portable = str(tmp_path / "whole.pkl"), str(tmp_path / "portable.pkl")
+  whole, portable = str(tmp_path / "whole.pkl"), str(tmp_path / "resume" / "portable.pkl")
 
   def stop_after_one_point():
     assert lib.run_lanes([setting], [0], steps, point, 1_000, whole, 1e9, 0.0, portable) is None
 
   stop_after_one_point()
   assert os.path.getsize(portable) < os.path.getsize(whole) / 2
+  # The interim report finds the saved curves under the setting's name.
+  from benchmarks import two_colours_interim as interim
+  saved = interim.load_lanes(str(tmp_path / "resume"))
+  assert list(saved) == [setting.name] and saved[setting.name]["reward"].shape == (1, 1)
   resumed = lib.run_lanes([setting], [0], steps, point, 1_000, whole, 1e9, None, portable)[0]
   np.testing.assert_array_equal(resumed["entropy_cost"], fresh["entropy_cost"])
   assert resumed["ring_refills"] == 0
