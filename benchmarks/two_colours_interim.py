@@ -8,7 +8,7 @@ A final run writes its shards only when its program ends (10M steps, hours on
 (`two_colours_lib.run_lanes`). This prints, per setting (the lanes of its
 programs side by side), per lane and per stretch of `--every` env steps, the
 reward per step, the meta-learned entropy cost and the fraction of saturated
-curve points (policy entropy below 0.01, the threshold of
+curve points (policy entropy below `two_colours_lib.SATURATED`, as in
 `two_colours_saturation`), and then where each lane's first lasting
 saturation (`--lasting` consecutive saturated points) began, counted from
 the colour swap before it. Not a result: the runs are unfinished.
@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks import two_colours_lib as lib
 from envs import two_colours
 
 _PARTIAL = flags.DEFINE_string(
@@ -33,7 +34,7 @@ _POINT_STEPS = flags.DEFINE_integer("log_every", 10_000, "Env steps per curve po
 _EVERY = flags.DEFINE_integer("every", 1_000_000, "Env steps per stretch of the table.")
 _LASTING = flags.DEFINE_integer("lasting", 20, "Consecutive saturated points that count.")
 
-SATURATED = 0.01  # as in benchmarks.two_colours_saturation
+SATURATED = lib.SATURATED
 
 
 def lasting_saturation_onset(entropy: np.ndarray, lasting: int,

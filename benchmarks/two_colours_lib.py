@@ -43,6 +43,8 @@ METHODS = ("fixed", "mg", "mg_ctx", "bmg", "bmg_ctx")
 HEADLINE = ("fixed", "mg_ctx", "bmg_ctx")
 FINAL_SEED0 = 100  # final runs use seeds no tuning run saw
 RESUME_DIR = "_resume"  # under the shard directory: running programs' portable state
+# A policy entropy below this (of ln 4 = 1.386) repeats one action: "saturated".
+SATURATED = 0.01
 
 
 @dataclasses.dataclass(frozen=True)

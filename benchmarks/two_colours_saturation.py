@@ -32,7 +32,7 @@ ROWS: Dict[str, tuple] = {
     "clip1": ("global-norm clip 1 (the clip before stop 15)", (("max_grad_norm", 1.0),)),
 }
 SEEDS = tuple(range(lib.FINAL_SEED0, lib.FINAL_SEED0 + 10))
-SATURATED = 0.01
+SATURATED = lib.SATURATED
 BEGIN, END = "<!-- two_colours_saturation:begin -->", "<!-- two_colours_saturation:end -->"
 
 _ROWS = flags.DEFINE_list("rows", None, "Rows to run (default: all).")
