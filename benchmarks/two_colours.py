@@ -32,7 +32,10 @@ outside the repository), and without the meta ring buffer under
 benchmarks/results/two_colours/_resume/ (a few MB; commit it: a 10M-step
 program takes longer than one working session, and ~/.cache does not outlive
 the machine). Ctrl-C or SIGTERM stops it the same way: each program saves
-its state after the curve point it is on, and the command exits non-zero.
+its state after the curve point it is on, and the command exits non-zero;
+so does a worker that crashes or is killed or stopped on its own (the others
+are stopped and save), with one line naming it. A saved state resumes only a
+run with the same curve points and colour swaps (--log_every, --swap_every).
 A stopped run continues from the shards and whichever saved state got
 further; a resume from _resume/ refills the ring before the next
 meta-update (K+L-1 learner steps, recorded in the shards as `ring_refills`).
@@ -89,6 +92,9 @@ _SPEED_LANES = flags.DEFINE_integer("speed_lanes", 8, "Vmapped seeds per --speed
 _SPEED_POINTS = flags.DEFINE_integer("speed_points", 3, "Timed curve points per --speed program.")
 _BENCHMARKS = flags.DEFINE_string("benchmarks_md", "BENCHMARKS.md", "--speed writes here.")
 
+# A worker's exit codes besides 0 (finished) and 1 (failed): stopped by the
+# deadline, which is the plan, or by a signal, which the run must report.
+EXIT_DEADLINE, EXIT_STOPPED = 3, 4
 SPEED_BEGIN, SPEED_END = "<!-- two_colours_speed:begin -->", "<!-- two_colours_speed:end -->"
 # One setting per program shape the protocol runs (K = 1, 3, 6).
 SPEED_SETTINGS = (
@@ -117,28 +123,59 @@ def phase_jobs(phase: str, methods: Sequence[str], out: str) -> List[Tuple]:
   return jobs
 
 
+def _wait_for_workers(procs: List[subprocess.Popen]) -> Tuple[List[int], Optional[int]]:
+  """The workers' exit codes, and which ended first other than finished or at
+  the deadline (a crash, a kill, a signal of its own), if one did: then the
+  others are stopped too, so they save their programs and the run reports
+  the fault now rather than when the last program ends hours later."""
+  while True:
+    codes = [p.poll() for p in procs]
+    if None not in codes and all(c in (0, EXIT_DEADLINE) for c in codes):
+      return codes, None
+    culprit = next((i for i, c in enumerate(codes) if c not in (None, 0, EXIT_DEADLINE)), None)
+    if culprit is not None:
+      for p, c in zip(procs, codes):
+        if c is None:
+          p.terminate()
+      return [p.wait() for p in procs], culprit
+    time.sleep(1.0)
+
+
 def _run_phase_in_workers(phase: str, deadline: Optional[float]) -> bool:
-  """Runs `phase` in --workers processes (each its share); True if all finished."""
+  """Runs `phase` in --workers processes (each its share); True if all finished,
+  False if the deadline stopped them; raises SystemExit (one line) otherwise."""
   argv = [a for a in sys.argv[1:]
           if not a.startswith(("--phase", "--worker_index", "--deadline_unix"))]
-  procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.two_colours", *argv,
-                             f"--phase={phase}", f"--worker_index={i}",
-                             f"--deadline_unix={deadline or 0}"])
-           for i in range(_WORKERS.value)]
+  procs = []
   try:
-    codes = [p.wait() for p in procs]
+    for i in range(_WORKERS.value):
+      procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.two_colours", *argv,
+                                     f"--phase={phase}", f"--worker_index={i}",
+                                     f"--deadline_unix={deadline or 0}"]))
+    codes, culprit = _wait_for_workers(procs)
   except KeyboardInterrupt:
-    # Each worker saves its program's state after the curve point it is on
-    # (seconds) and exits; none is left running.
+    # A second Ctrl-C must not leave the workers running unwatched while they
+    # save (seconds: each stops after the curve point it is on).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(sig, signal.SIG_IGN)
     for p in procs:
       p.terminate()
-    for p in procs:
-      p.wait()
-    raise SystemExit(f"two_colours: stopped by a signal during the {phase} phase; the "
+    codes = [p.wait() for p in procs]
+    culprit = next((i for i, c in enumerate(codes) if c not in (0, EXIT_DEADLINE, EXIT_STOPPED)),
+                   None)
+    if culprit is None:
+      raise SystemExit(f"two_colours: stopped by a signal during the {phase} phase; the "
+                       "programs saved their state: run the same command again to continue")
+  if culprit is None:
+    return all(c == 0 for c in codes)
+  code = codes[culprit]
+  if code == EXIT_STOPPED:
+    raise SystemExit(f"two_colours: {phase} worker {culprit} was stopped by a signal; the "
                      "programs saved their state: run the same command again to continue")
-  if any(c not in (0, 3) for c in codes):
-    raise RuntimeError(f"a {phase} worker failed (exit codes {codes})")
-  return all(c == 0 for c in codes)
+  how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+  raise SystemExit(f"two_colours: {phase} worker {culprit} failed ({how}); its program "
+                   "resumes from its last save and the others saved theirs: run the same "
+                   "command again to continue")
 
 
 def measure_speed() -> None:
@@ -215,7 +252,7 @@ def main(argv):
                             _SWAP_EVERY.value, 60 * _SAVE_EVERY.value, deadline,
                             (_WORKER_INDEX.value, _WORKERS.value), partial_dir=_PARTIAL.value,
                             max_lanes=_MAX_LANES.value, stop=stop)
-    sys.exit(0 if finished else 3)
+    sys.exit(0 if finished else EXIT_STOPPED if stop.is_set() else EXIT_DEADLINE)
   signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as Ctrl-C does
   deadline = time.time() + 60 * _MAX_MINUTES.value if _MAX_MINUTES.value else None
   if not _REPLOT.value:

@@ -232,7 +232,9 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
   K+L-1 learner steps update the agent with the meta-parameters held, as at
   the start of a run, and the lanes' results count these `ring_refills`.
   Returns None if `deadline` (time.time()) passed or `stop` was set first
-  (checked after each curve point; the state is saved).
+  (checked after each curve point; the state is saved). The saved states
+  outlive a finished run: the caller removes them (`discard_saved`) once it
+  has stored the results, so no moment holds neither.
   """
   assert len({s.program for s in settings}) == 1, "lanes must share one program"
   runner, values, point_steps = _program(settings, log_every, swap_every)
@@ -243,6 +245,7 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
   if saved is None:
     carry = initial_carry(settings, seeds)
   else:
+    _check_saved_matches(saved, path, point_steps, swap_every)
     carry, curves, done, seconds = saved["carry"], saved["curves"], saved["done"], saved["seconds"]
     refills = saved.get("ring_refills", 0)
     if path == portable_path:
@@ -272,6 +275,7 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
       last_save = now
       saved = {"carry": jax.device_get(carry), "curves": curves, "done": done,
                "seconds": seconds + now - start, "ring_refills": refills,
+               "point_steps": point_steps, "swap_every": swap_every,
                "lanes": [(st.name, int(seed)) for st, seed in zip(settings, seeds)]}
       if partial_path:
         _save_pickle(partial_path, saved)
@@ -280,9 +284,6 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
     if out_of_time:
       return None
   seconds += time.time() - start
-  for path in (partial_path, portable_path):
-    if path and os.path.exists(path):
-      os.remove(path)
   results = []
   for i, (setting, seed) in enumerate(zip(settings, seeds)):
     results.append({
@@ -339,6 +340,24 @@ def _save_pickle(path, obj):
   with open(tmp, "wb") as f:
     pickle.dump(obj, f)
   os.replace(tmp, path)
+
+
+def discard_saved(*paths) -> None:
+  """Removes a finished program's saved states (see run_lanes)."""
+  for path in paths:
+    if path and os.path.exists(path):
+      os.remove(path)
+
+
+def _check_saved_matches(saved: dict, path: str, point_steps: int, swap_every: int) -> None:
+  """A saved state resumes only the run it was made by: its curve points and
+  colour swaps must be this run's (a state saved before it recorded them is
+  taken to match)."""
+  for name, want in (("point_steps", point_steps), ("swap_every", swap_every)):
+    if saved.get(name, want) != want:
+      raise ValueError(f"{path} was saved by a run with {name}={saved[name]}, this one has "
+                       f"{want}: rerun with the flags it was made with (--log_every, "
+                       "--swap_every), or move it away to start afresh")
 
 
 def _latest_saved(*paths) -> Tuple[Optional[dict], Optional[str]]:
@@ -478,7 +497,11 @@ def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int
   # and of the ones that matter most, as it could.
   def order(group):
     return _estimated_cost(group), group[0][1].method not in HEADLINE
-  for group in sorted(assign(groups, worker[1])[worker[0]], key=order):
+  for i, group in enumerate(sorted(assign(groups, worker[1])[worker[0]], key=order)):
+    if stop is not None and stop.is_set():
+      return False
+    if i and deadline is not None and time.time() > deadline:
+      return False  # rather than compile a program only to save its first point
     phase, steps = group[0][0], group[0][3]
     settings = [j[1] for j in group]
     seeds = [j[2] for j in group]
@@ -500,6 +523,7 @@ def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int
       with open(tmp, "w") as f:
         json.dump(result, f)
       os.replace(tmp, path)
+    discard_saved(partial, portable)
   return True
 
 

@@ -11,6 +11,8 @@ import subprocess
 import sys
 
 import numpy as np
+import psutil
+import pytest
 
 from benchmarks import two_colours_lib as lib
 from benchmarks import two_colours_report as report
@@ -127,10 +129,31 @@ def test_a_run_resumes_from_its_portable_state_after_refilling_the_meta_ring(tmp
   resumed = lib.run_lanes([setting], [0], steps, point, 1_000, whole, 1e9, None, portable)[0]
   np.testing.assert_array_equal(resumed["entropy_cost"], fresh["entropy_cost"])
   assert resumed["ring_refills"] == 0
-  assert not os.path.exists(whole) and not os.path.exists(portable)
+  # The caller discards the saved states only once it has stored the results.
+  assert os.path.exists(whole) and os.path.exists(portable)
+  lib.discard_saved(whole, portable)
+
+  # The portable state got further than the whole one (the whole one is an
+  # older copy): the resume takes the portable one and refills the ring.
+  stop_after_one_point()
+  older = open(whole, "rb").read()
+  stop_after_one_point()
+  with open(whole, "wb") as f:
+    f.write(older)
+  resumed = lib.run_lanes([setting], [0], steps, point, 1_000, whole, 1e9, None, portable)[0]
+  assert resumed["ring_refills"] == 1 and len(resumed["reward"]) == 8
+  assert resumed["reward"][:2] == fresh["reward"][:2]
+  lib.discard_saved(whole, portable)
 
   stop_after_one_point()
   os.remove(whole)
+  # A saved state resumes only a run with its curve points and swaps.
+  before = open(portable, "rb").read()
+  with pytest.raises(ValueError, match=r"portable.pkl was saved by a run with point_steps=16"):
+    lib.run_lanes([setting], [0], steps, 2 * point, 1_000, whole, 1e9, None, portable)
+  with pytest.raises(ValueError, match=r"swap_every=1000, this one has 2000"):
+    lib.run_lanes([setting], [0], steps, point, 2_000, whole, 1e9, None, portable)
+  assert open(portable, "rb").read() == before
   resumed = lib.run_lanes([setting], [0], steps, point, 1_000, whole, 1e9, None, portable)[0]
   assert resumed["ring_refills"] == 1 and len(resumed["reward"]) == 8
   start = lib.META["hyperparams"]["entropy_cost"]["init"]
@@ -170,6 +193,38 @@ def test_sigterm_stops_the_protocol_with_its_state_saved_and_the_next_run_resume
   assert "resuming" in done.stderr
   shards = lib.load_shards(out, "tune")
   assert len(shards) == 5 and all(len(s["reward"]) == 20 for s in shards)
+
+
+@pytest.mark.parametrize("sig, says", [(signal.SIGTERM, "was stopped by a signal"),
+                                       (signal.SIGKILL, "failed (killed by SIGKILL)")])
+def test_a_worker_stopped_on_its_own_stops_the_run_with_an_error_naming_it(tmp_path, sig, says):
+  """Not only a signal to the parent: a worker killed or stopped by itself
+  ends the run at once with a non-zero exit naming it (never a deadline's
+  "continue later" and exit 0), and the other worker saves its program."""
+  out = str(tmp_path / "shards")
+  # Five fixed lanes as programs of 3 and 2, one per worker.
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "benchmarks.two_colours", "--phase=tune", "--methods=fixed",
+       "--tune_seeds=1", "--tune_steps=2000000", "--log_every=1000", "--workers=2",
+       "--max_lanes=3", f"--out={out}", f"--partial_dir={tmp_path / 'whole'}",
+       f"--results_md={tmp_path / 'RESULTS.md'}"],
+      cwd=REPO, stderr=subprocess.PIPE, text=True)
+  seen = []
+  for line in proc.stderr:  # both workers have their handlers once they name their program
+    seen.append(line)
+    if sum("tune: fixed, " in l for l in seen) == 2:
+      break
+  workers = {int(a.split("=")[1]): c for c in psutil.Process(proc.pid).children()
+             for a in c.cmdline() if a.startswith("--worker_index=")}
+  workers[1].send_signal(sig)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode not in (0, None), "".join(seen) + err
+  assert f"tune worker 1 {says}" in err.strip().splitlines()[-1], err[-2000:]
+  assert not lib.load_shards(out, "tune")
+  saved = os.listdir(os.path.join(out, lib.RESUME_DIR, "tune"))
+  assert len(saved) == (2 if sig == signal.SIGTERM else 1)  # SIGKILL: no save
+  assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                 for p in workers.values())
 
 
 def test_a_program_too_wide_for_max_lanes_runs_as_even_parts(tmp_path):
