@@ -234,11 +234,7 @@ def main(argv):
     raise app.UsageError("--workers must be at least 1")
   if _MAX_LANES.value < 0:
     raise app.UsageError("--max_lanes must be 0 (no limit) or more")
-  # XLA's CPU thunk runtime runs these small-op scans about 20% slower than
-  # the classic one (measured here); set before JAX starts its backend.
-  if "xla_cpu_use_thunk_runtime" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_use_thunk_runtime=false").strip()
+  lib.use_classic_cpu_runtime()
   if _SPEED.value:
     measure_speed()
     return

@@ -1,0 +1,189 @@
+r"""Why the grid-world agent earns less late in a 10M-step run: its networks probed.
+
+  python -m benchmarks.two_colours_plasticity              # best fixed agent, seeds 100-101
+  python -m benchmarks.two_colours_plasticity --replot     # the table from the saved probes
+
+Every final run, fixed or meta, earns less over its last 3M steps than over
+its first 3M while, at a constant entropy cost, its policy's entropy rises
+(RESULTS.md). This reruns the best fixed agent's final lanes (the same
+program and seeds; its reward is reported beside the committed shards') and
+every `--probe_every` env steps probes its networks on all 13,800 states of
+the world (the observation carries no colour):
+
+* the policy's entropy and its largest-minus-smallest logit, averaged over states;
+* dormant units per hidden layer: units with zero activation on every state,
+  and tau-dormant units (Sokar et al. 2023, "The Dormant Neuron Phenomenon in
+  Deep RL"): mean |activation| below tau = 0.1 of the layer's mean;
+* the effective rank of each torso's last features (srank_0.01, Kumar et al.
+  2021, "Implicit Under-Parameterization");
+* the norm of each torso's weights.
+
+Writes benchmarks/results/two_colours/plasticity.json and a table in RESULTS.md.
+"""
+
+import json
+import os
+import time
+from typing import Dict, List
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import markdown
+from benchmarks import two_colours_lib as lib
+from envs import two_colours
+
+_STEPS = flags.DEFINE_integer("steps", 10_000_000, "Env steps per lane.")
+_PROBE_EVERY = flags.DEFINE_integer("probe_every", 500_000, "Env steps between probes.")
+_SEEDS = flags.DEFINE_list("seeds", ["100", "101"], "Lanes (the final runs' seeds).")
+_ENTROPY_COST = flags.DEFINE_float("entropy_cost", 0.1, "The fixed agent's entropy cost.")
+_OUT = flags.DEFINE_string("out", "benchmarks/results/two_colours/plasticity.json",
+                           "Where the probes are saved.")
+_RESULTS = flags.DEFINE_string("results_md", "RESULTS.md", "Markdown file to update.")
+_REPLOT = flags.DEFINE_bool("replot", False, "Only rewrite the table from the saved probes.")
+
+BEGIN, END = "<!-- two_colours_plasticity:begin -->", "<!-- two_colours_plasticity:end -->"
+TAU = 0.1
+TORSOS = {"policy": "mlp_torso/mlp/~/linear_", "value": "value_torso/mlp/~/linear_"}
+
+
+def all_observations(size: int = two_colours.SIZE) -> jax.Array:
+  """The observation of every placement of agent, blue and red on distinct cells."""
+  cells = np.array([(a, b, r) for a in range(size * size) for b in range(size * size)
+                    for r in range(size * size) if len({a, b, r}) == 3])
+  xy = np.stack([cells % size, cells // size], axis=-1)  # [n, 3, 2]
+  states = two_colours.TwoColoursState(agent=jnp.asarray(xy[:, 0]), items=jnp.asarray(xy[:, 1:]),
+                                       step=jnp.zeros(len(cells), jnp.int32))
+  return jax.vmap(lambda s: two_colours.observation(s, size))(states)
+
+
+def effective_rank(features: jax.Array, delta: float = 0.01) -> jax.Array:
+  """srank_delta: the fewest singular values holding 1 - delta of their sum."""
+  s = jnp.linalg.svd(features, compute_uv=False)
+  return jnp.argmax(jnp.cumsum(s) / jnp.sum(s) >= 1.0 - delta) + 1
+
+
+@jax.jit
+def probe(params, obs: jax.Array) -> Dict[str, jax.Array]:
+  """One lane's networks on every state (see the module docstring)."""
+  out = {}
+  for net, prefix in TORSOS.items():
+    h, norm = obs, 0.0
+    for layer in range(2):
+      w, b = params[f"{prefix}{layer}"]["w"], params[f"{prefix}{layer}"]["b"]
+      h = jax.nn.relu(h @ w + b)
+      norm += jnp.sum(w ** 2)
+      activity = jnp.mean(jnp.abs(h), axis=0)
+      out[f"{net}_dead{layer + 1}"] = jnp.mean(jnp.all(h == 0, axis=0))
+      out[f"{net}_dormant{layer + 1}"] = jnp.mean(activity <= TAU * jnp.mean(activity))
+    out[f"{net}_srank"] = effective_rank(h)
+    out[f"{net}_weight_norm"] = jnp.sqrt(norm)
+    if net == "policy":
+      logits = h @ params["policy"]["w"] + params["policy"]["b"]
+      logp = jax.nn.log_softmax(logits)
+      out["entropy"] = jnp.mean(-jnp.sum(jnp.exp(logp) * logp, axis=-1))
+      out["logit_gap"] = jnp.mean(jnp.max(logits, -1) - jnp.min(logits, -1))
+  return out
+
+
+def run(steps: int, probe_every: int, seeds: List[int], entropy_cost: float) -> dict:
+  setting = lib.Setting("fixed", entropy_cost=entropy_cost)
+  settings = [setting] * len(seeds)
+  runner, values, point_steps = lib._program(settings, 10_000, lib.two_colours.SWAP_EVERY)
+  carry = lib.initial_carry(settings, seeds)
+  obs = all_observations()
+  probes: List[dict] = []
+  reward: List[np.ndarray] = []
+  per_probe = max(1, probe_every // point_steps)
+
+  def take_probe(done_points):
+    params = carry[2].params
+    lanes = [jax.device_get(probe(jax.tree.map(lambda x: x[i], params), obs))
+             for i in range(len(seeds))]
+    probes.append({"env_steps": done_points * point_steps,
+                   **{k: [float(p[k]) for p in lanes] for k in lanes[0]}})
+
+  take_probe(0)
+  start = time.time()
+  for point in range(1, steps // point_steps + 1):
+    carry, out = runner(carry, values)
+    reward.append(np.asarray(jax.device_get(out["reward"])))
+    if point % per_probe == 0:
+      take_probe(point)
+      logging.info("%d/%d env steps per lane (%.0f steps/s summed), entropy %.3f, "
+                   "policy tau-dormant %.3f", point * point_steps, steps,
+                   point * point_steps * len(seeds) / (time.time() - start),
+                   np.mean(probes[-1]["entropy"]), np.mean(probes[-1]["policy_dormant2"]))
+  return {"setting": setting.name, "seeds": seeds, "point_steps": point_steps,
+          "agent": lib.agent_digest(), "probes": probes,
+          "reward": np.stack(reward, axis=1).tolist()}
+
+
+def check_against_finals(saved: dict) -> str:
+  """The rerun's reward per step beside the committed final shards' for the
+  same seeds. Not equal to the letter: the finals ran as one 10-lane
+  program, and a program of another width rounds differently, so the
+  sampled trajectories part after the first few curve points."""
+  setting = lib.Setting("fixed", entropy_cost=float(saved["setting"].split("ec")[1]))
+  steps = len(saved["reward"][0]) * saved["point_steps"]
+  mine = np.sum(saved["reward"], axis=1) / steps
+  finals = [lib._read_shard(lib.shard_path("benchmarks/results/two_colours", "final",
+                                           setting, seed)) for seed in saved["seeds"]]
+  if any(f is None for f in finals):
+    return "no final shards to compare with"
+  n = len(saved["reward"][0])
+  theirs = [np.sum(f["reward"][:n]) / steps for f in finals]
+  return (f"reward per step over these {steps:,} steps: " + ", ".join(
+      f"seed {seed} {a:.3f} (final run {b:.3f})"
+      for seed, a, b in zip(saved["seeds"], mine, theirs)))
+
+
+def table(saved: dict) -> str:
+  point_steps = saved["point_steps"]
+  reward = np.asarray(saved["reward"])
+  cols = [("entropy", "policy entropy"), ("logit_gap", "logit max-min"),
+          ("policy_dormant1", "policy tau-dormant L1"), ("policy_dormant2", "L2"),
+          ("policy_dead2", "policy dead L2"), ("policy_srank", "policy srank"),
+          ("policy_weight_norm", "policy torso norm"), ("value_dormant2", "value tau-dormant L2"),
+          ("value_srank", "value srank"), ("value_weight_norm", "value torso norm")]
+  lines = ["| env steps | reward per step (previous 1M) | " + " | ".join(c[1] for c in cols) + " |",
+           "|---" * (len(cols) + 2) + "|"]
+  per_million = 1_000_000 // point_steps
+  for p in saved["probes"]:
+    if p["env_steps"] % 1_000_000:
+      continue
+    end = p["env_steps"] // point_steps
+    r = (f"{reward[:, end - per_million:end].sum(axis=1).mean() / 1e6:.3f}"
+         if end >= per_million else "")
+    lines.append(f"| {p['env_steps']:,} | {r} | "
+                 + " | ".join(f"{np.mean(p[k]):.3f}" if "norm" not in k and "srank" not in k
+                              else f"{np.mean(p[k]):.1f}" for k, _ in cols) + " |")
+  return "\n".join(lines) + (
+      f"\n\n`{saved['setting']}`, seeds {', '.join(map(str, saved['seeds']))} (the final runs' "
+      f"first lanes), mean over seeds; probes over all 13,800 states. "
+      f"{check_against_finals(saved)}. Made by `python -m benchmarks.two_colours_plasticity`.")
+
+
+def main(argv):
+  del argv
+  lib.use_classic_cpu_runtime()
+  if _REPLOT.value:
+    with open(_OUT.value) as f:
+      saved = json.load(f)
+  else:
+    saved = run(_STEPS.value, _PROBE_EVERY.value, [int(s) for s in _SEEDS.value],
+                _ENTROPY_COST.value)
+    os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
+    with open(_OUT.value, "w") as f:
+      json.dump(saved, f)
+  logging.info("%s", check_against_finals(saved))
+  markdown.replace_block(_RESULTS.value, BEGIN, END, table(saved), title="Results",
+                         heading="### Where the late decline comes from (probes)\n\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
