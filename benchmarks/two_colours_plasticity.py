@@ -18,7 +18,8 @@ the world (the observation carries no colour):
   2021, "Implicit Under-Parameterization");
 * the norm of each torso's weights.
 
-Writes benchmarks/results/two_colours/plasticity.json and a table in RESULTS.md.
+Writes benchmarks/results/two_colours/plasticity.json, a plot beside it and a
+table in RESULTS.md.
 """
 
 import json
@@ -168,6 +169,38 @@ def table(saved: dict) -> str:
       f"{check_against_finals(saved)}. Made by `python -m benchmarks.two_colours_plasticity`.")
 
 
+def plot(saved: dict, path: str) -> None:
+  """Reward per step against the probes, per seed, over the run."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  reward = np.asarray(saved["reward"])
+  per = saved["probes"][1]["env_steps"] // saved["point_steps"]
+  x = np.array([p["env_steps"] for p in saved["probes"]]) / 1e6
+  panels = [("reward per step (previous probe period)", None),
+            ("tau-dormant units, last layer", ("policy_dormant2", "value_dormant2")),
+            ("effective rank of the last features", ("policy_srank", "value_srank")),
+            ("torso weight norm", ("policy_weight_norm", "value_weight_norm"))]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+  for ax, (title, keys) in zip(axes, panels):
+    for i, seed in enumerate(saved["seeds"]):
+      if keys is None:
+        n = reward.shape[1] // per
+        r = reward[i, :n * per].reshape(n, per).sum(axis=1) / (per * saved["point_steps"])
+        ax.plot(x[1:n + 1], r, color=f"C{i}", lw=1, label=f"seed {seed}")
+        continue
+      for key, ls in zip(keys, ("-", "--")):
+        ax.plot(x, [p[key][i] for p in saved["probes"]], color=f"C{i}", ls=ls, lw=1,
+                label=f"{key.split('_')[0]}, seed {seed}")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("env steps (M)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def main(argv):
   del argv
   lib.use_classic_cpu_runtime()
@@ -181,7 +214,10 @@ def main(argv):
     with open(_OUT.value, "w") as f:
       json.dump(saved, f)
   logging.info("%s", check_against_finals(saved))
-  markdown.replace_block(_RESULTS.value, BEGIN, END, table(saved), title="Results",
+  png = os.path.splitext(_OUT.value)[0] + ".png"
+  plot(saved, png)
+  body = table(saved) + f"\n\n![{os.path.basename(png)}]({png})"
+  markdown.replace_block(_RESULTS.value, BEGIN, END, body, title="Results",
                          heading="### Where the late decline comes from (probes)\n\n")
 
 
