@@ -1,7 +1,8 @@
 r"""Why the grid-world agent earns less late in a 10M-step run: its networks probed.
 
-  python -m benchmarks.two_colours_plasticity              # best fixed agent, seeds 100-101
-  python -m benchmarks.two_colours_plasticity --replot     # the table from the saved probes
+  python -m benchmarks.two_colours_plasticity                        # best fixed agent, seeds 100-101
+  python -m benchmarks.two_colours_plasticity --variant=layer_norm   # the same with LayerNorm torsos
+  python -m benchmarks.two_colours_plasticity --replot               # tables and plot from the saves
 
 Every final run, fixed or meta, earns less over its last 3M steps than over
 its first 3M while, at a constant entropy cost, its policy's entropy rises
@@ -18,8 +19,12 @@ the world (the observation carries no colour):
   2021, "Implicit Under-Parameterization");
 * the norm of each torso's weights.
 
-Writes benchmarks/results/two_colours/plasticity.json, a plot beside it and a
-table in RESULTS.md.
+`--variant=layer_norm` runs the same agent with its torsos' layers normalised
+before their ReLUs (`torso_norm="layer"`, not the paper's agent), to test
+whether keeping the units alive keeps the reward up.
+
+Writes benchmarks/results/two_colours/plasticity-<variant>.json, the plot
+plasticity.png beside them and a table per variant in RESULTS.md.
 """
 
 import json
@@ -42,14 +47,18 @@ _STEPS = flags.DEFINE_integer("steps", 10_000_000, "Env steps per lane.")
 _PROBE_EVERY = flags.DEFINE_integer("probe_every", 500_000, "Env steps between probes.")
 _SEEDS = flags.DEFINE_list("seeds", ["100", "101"], "Lanes (the final runs' seeds).")
 _ENTROPY_COST = flags.DEFINE_float("entropy_cost", 0.1, "The fixed agent's entropy cost.")
-_OUT = flags.DEFINE_string("out", "benchmarks/results/two_colours/plasticity.json",
-                           "Where the probes are saved.")
+_VARIANT = flags.DEFINE_enum("variant", "paper", ["paper", "layer_norm"], "The agent probed.")
+_OUT = flags.DEFINE_string("out", "benchmarks/results/two_colours",
+                           "Where the probes (plasticity-<variant>.json) and the plot go.")
 _RESULTS = flags.DEFINE_string("results_md", "RESULTS.md", "Markdown file to update.")
 _REPLOT = flags.DEFINE_bool("replot", False, "Only rewrite the table from the saved probes.")
 
 BEGIN, END = "<!-- two_colours_plasticity:begin -->", "<!-- two_colours_plasticity:end -->"
 TAU = 0.1
-TORSOS = {"policy": "mlp_torso/mlp/~/linear_", "value": "value_torso/mlp/~/linear_"}
+TORSOS = {"policy": "mlp_torso/mlp/~/", "value": "value_torso/mlp/~/"}
+# Config fields over the paper's agent (lib.AGENT).
+VARIANTS = {"paper": (), "layer_norm": (("torso_norm", "layer"),)}
+LAYER_NORM_EPS = 1e-5  # haiku's default
 
 
 def all_observations(size: int = two_colours.SIZE) -> jax.Array:
@@ -75,8 +84,14 @@ def probe(params, obs: jax.Array) -> Dict[str, jax.Array]:
   for net, prefix in TORSOS.items():
     h, norm = obs, 0.0
     for layer in range(2):
-      w, b = params[f"{prefix}{layer}"]["w"], params[f"{prefix}{layer}"]["b"]
-      h = jax.nn.relu(h @ w + b)
+      w, b = params[f"{prefix}linear_{layer}"]["w"], params[f"{prefix}linear_{layer}"]["b"]
+      h = h @ w + b
+      norm_params = params.get(f"{prefix}layer_norm_{layer}")
+      if norm_params is not None:
+        mean, var = jnp.mean(h, -1, keepdims=True), jnp.var(h, -1, keepdims=True)
+        h = ((h - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS) * norm_params["scale"]
+             + norm_params["offset"])
+      h = jax.nn.relu(h)
       norm += jnp.sum(w ** 2)
       activity = jnp.mean(jnp.abs(h), axis=0)
       out[f"{net}_dead{layer + 1}"] = jnp.mean(jnp.all(h == 0, axis=0))
@@ -91,8 +106,9 @@ def probe(params, obs: jax.Array) -> Dict[str, jax.Array]:
   return out
 
 
-def run(steps: int, probe_every: int, seeds: List[int], entropy_cost: float) -> dict:
-  setting = lib.Setting("fixed", entropy_cost=entropy_cost)
+def run(steps: int, probe_every: int, seeds: List[int], entropy_cost: float,
+        variant: str) -> dict:
+  setting = lib.Setting("fixed", entropy_cost=entropy_cost, agent_extra=VARIANTS[variant])
   settings = [setting] * len(seeds)
   runner, values, point_steps = lib._program(settings, 10_000, lib.two_colours.SWAP_EVERY)
   carry = lib.initial_carry(settings, seeds)
@@ -119,8 +135,9 @@ def run(steps: int, probe_every: int, seeds: List[int], entropy_cost: float) -> 
                    "policy tau-dormant %.3f", point * point_steps, steps,
                    point * point_steps * len(seeds) / (time.time() - start),
                    np.mean(probes[-1]["entropy"]), np.mean(probes[-1]["policy_dormant2"]))
-  return {"setting": setting.name, "seeds": seeds, "point_steps": point_steps,
-          "agent": lib.agent_digest(), "probes": probes,
+  return {"setting": setting.name, "variant": variant, "entropy_cost": entropy_cost,
+          "seeds": seeds, "point_steps": point_steps,
+          "agent": lib.agent_digest(setting.agent_extra), "probes": probes,
           "reward": np.stack(reward, axis=1).tolist()}
 
 
@@ -129,7 +146,7 @@ def check_against_finals(saved: dict) -> str:
   same seeds. Not equal to the letter: the finals ran as one 10-lane
   program, and a program of another width rounds differently, so the
   sampled trajectories part after the first few curve points."""
-  setting = lib.Setting("fixed", entropy_cost=float(saved["setting"].split("ec")[1]))
+  setting = lib.Setting("fixed", entropy_cost=saved["entropy_cost"])
   steps = len(saved["reward"][0]) * saved["point_steps"]
   mine = np.sum(saved["reward"], axis=1) / steps
   finals = [lib._read_shard(lib.shard_path("benchmarks/results/two_colours", "final",
@@ -163,39 +180,46 @@ def table(saved: dict) -> str:
     lines.append(f"| {p['env_steps']:,} | {r} | "
                  + " | ".join(f"{np.mean(p[k]):.3f}" if "norm" not in k and "srank" not in k
                               else f"{np.mean(p[k]):.1f}" for k, _ in cols) + " |")
+  steps = reward.shape[1] * point_steps
+  mine = reward.sum(axis=1) / steps
+  about = (check_against_finals(saved) if saved["variant"] == "paper" else
+           "reward per step over these {:,} steps: ".format(steps) + ", ".join(
+               f"seed {seed} {r:.3f}" for seed, r in zip(saved["seeds"], mine)))
   return "\n".join(lines) + (
-      f"\n\n`{saved['setting']}`, seeds {', '.join(map(str, saved['seeds']))} (the final runs' "
-      f"first lanes), mean over seeds; probes over all 13,800 states. "
-      f"{check_against_finals(saved)}. Made by `python -m benchmarks.two_colours_plasticity`.")
+      f"\n\n`{saved['setting']}` ({saved['variant']}), seeds "
+      f"{', '.join(map(str, saved['seeds']))} (the final runs' first lanes), mean over seeds; "
+      f"probes over all 13,800 states. {about}.")
 
 
-def plot(saved: dict, path: str) -> None:
-  """Reward per step against the probes, per seed, over the run."""
+def plot(saves: Dict[str, dict], path: str) -> None:
+  """Reward per step against the probes, per seed, over the run; a row per variant."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  reward = np.asarray(saved["reward"])
-  per = saved["probes"][1]["env_steps"] // saved["point_steps"]
-  x = np.array([p["env_steps"] for p in saved["probes"]]) / 1e6
   panels = [("reward per step (previous probe period)", None),
             ("tau-dormant units, last layer", ("policy_dormant2", "value_dormant2")),
             ("effective rank of the last features", ("policy_srank", "value_srank")),
             ("torso weight norm", ("policy_weight_norm", "value_weight_norm"))]
-  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-  for ax, (title, keys) in zip(axes, panels):
-    for i, seed in enumerate(saved["seeds"]):
-      if keys is None:
-        n = reward.shape[1] // per
-        r = reward[i, :n * per].reshape(n, per).sum(axis=1) / (per * saved["point_steps"])
-        ax.plot(x[1:n + 1], r, color=f"C{i}", lw=1, label=f"seed {seed}")
-        continue
-      for key, ls in zip(keys, ("-", "--")):
-        ax.plot(x, [p[key][i] for p in saved["probes"]], color=f"C{i}", ls=ls, lw=1,
-                label=f"{key.split('_')[0]}, seed {seed}")
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("env steps (M)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+  fig, axes = plt.subplots(len(saves), len(panels), figsize=(4 * len(panels), 3.2 * len(saves)),
+                           squeeze=False, sharex=True)
+  for row, (variant, saved) in zip(axes, saves.items()):
+    reward = np.asarray(saved["reward"])
+    per = saved["probes"][1]["env_steps"] // saved["point_steps"]
+    x = np.array([p["env_steps"] for p in saved["probes"]]) / 1e6
+    for ax, (title, keys) in zip(row, panels):
+      for i, seed in enumerate(saved["seeds"]):
+        if keys is None:
+          n = reward.shape[1] // per
+          r = reward[i, :n * per].reshape(n, per).sum(axis=1) / (per * saved["point_steps"])
+          ax.plot(x[1:n + 1], r, color=f"C{i}", lw=1, label=f"seed {seed}")
+          continue
+        for key, ls in zip(keys, ("-", "--")):
+          ax.plot(x, [p[key][i] for p in saved["probes"]], color=f"C{i}", ls=ls, lw=1,
+                  label=f"{key.split('_')[0]}, seed {seed}")
+      ax.set_title(f"{variant}: {title}", fontsize=9)
+      ax.set_xlabel("env steps (M)")
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -204,19 +228,26 @@ def plot(saved: dict, path: str) -> None:
 def main(argv):
   del argv
   lib.use_classic_cpu_runtime()
-  if _REPLOT.value:
-    with open(_OUT.value) as f:
-      saved = json.load(f)
-  else:
+  out = _OUT.value
+  if not _REPLOT.value:
     saved = run(_STEPS.value, _PROBE_EVERY.value, [int(s) for s in _SEEDS.value],
-                _ENTROPY_COST.value)
-    os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
-    with open(_OUT.value, "w") as f:
+                _ENTROPY_COST.value, _VARIANT.value)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"plasticity-{_VARIANT.value}.json"), "w") as f:
       json.dump(saved, f)
-  logging.info("%s", check_against_finals(saved))
-  png = os.path.splitext(_OUT.value)[0] + ".png"
-  plot(saved, png)
-  body = table(saved) + f"\n\n![{os.path.basename(png)}]({png})"
+  saves = {}
+  for variant in VARIANTS:
+    path = os.path.join(out, f"plasticity-{variant}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        saves[variant] = json.load(f)
+  if not saves:
+    raise app.UsageError(f"no saved probes in {out}: run without --replot first")
+  png = os.path.join(out, "plasticity.png")
+  plot(saves, png)
+  body = "\n\n".join(table(saved) for saved in saves.values()) + (
+      f"\n\nMade by `python -m benchmarks.two_colours_plasticity [--variant=...]`."
+      f"\n\n![plasticity.png]({png})")
   markdown.replace_block(_RESULTS.value, BEGIN, END, body, title="Results",
                          heading="### Where the late decline comes from (probes)\n\n")
 

@@ -49,7 +49,7 @@ def make_network(config: Config, spec: envs.EnvSpec) -> networks_lib.Network:
   return networks_lib.make_network(config.torso, config.hidden_sizes, spec.obs_shape,
                                    spec.num_actions, config.shared_torso, spec.continuous,
                                    config.gaussian_std, config.gaussian_init_std, config.core,
-                                   config.core_size)
+                                   config.core_size, config.torso_norm)
 
 
 def make_optimizer(config: Config):

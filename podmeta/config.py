@@ -20,6 +20,7 @@ OPTIMIZERS = ("adam", "rmsprop", "sgd")
 TORSOS = ("mlp", "conv", "impala_deep")
 GAUSSIAN_STDS = ("learned", "state")
 CORES = ("none", "lstm")
+TORSO_NORMS = ("none", "layer")
 ENV_BACKENDS = ("gymnasium", "envpool")
 INFERENCE = ("cpu", "accelerator")
 _REPLAYS = ("queue", "uniform")
@@ -82,6 +83,11 @@ class Config:
   hidden_sizes: Tuple[int, ...] = (64, 64)
   # False: separate policy and value torsos (better on small control tasks).
   shared_torso: bool = True
+  # "layer": LayerNorm before each ReLU of an MLP torso (Ba et al. 2016), not
+  # in IMPALA or the BMG papers' agents. Over a long run with many task
+  # switches it keeps units from going dormant and the features' rank from
+  # collapsing (the two-colours agent's late decline, RESULTS.md).
+  torso_norm: str = "none"
   # Box (continuous) action spaces get a diagonal Gaussian policy, its actions
   # clipped to [-1, 1] and rescaled to the env's bounds. Its std: "learned"
   # (one parameter per action dimension, independent of the state) or "state"
@@ -236,6 +242,9 @@ def _validate(c: Config) -> None:
     require(c.inference == "accelerator" or not ids, field,
             "places the actors' policy and the learner only with inference='accelerator'")
   require(c.torso in TORSOS, "torso", f"must be one of {TORSOS}")
+  require(c.torso_norm in TORSO_NORMS, "torso_norm", f"must be one of {TORSO_NORMS}")
+  require(c.torso_norm == "none" or c.torso == "mlp", "torso_norm",
+          "applies to the 'mlp' torso only")
   require(len(c.hidden_sizes) >= 1 and all(h >= 1 for h in c.hidden_sizes),
           "hidden_sizes", "must be a non-empty tuple of positive sizes")
   require(c.gaussian_std in GAUSSIAN_STDS, "gaussian_std", f"must be one of {GAUSSIAN_STDS}")

@@ -1,5 +1,6 @@
 """Haiku actor-critic networks: a torso (MLP, shallow or deep conv) with policy and value heads."""
 
+import functools
 import math
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from podmeta import distributions
-from podmeta.config import CORES, GAUSSIAN_STDS
+from podmeta.config import CORES, GAUSSIAN_STDS, TORSO_NORMS
 
 
 class Network(NamedTuple):
@@ -38,15 +39,36 @@ class Network(NamedTuple):
 _ORTHOGONAL_RELU = hk.initializers.Orthogonal(np.sqrt(2.0))
 
 
-class MLPTorso(hk.Module):
-  """Flattens a vector observation and applies ReLU layers."""
+class _LayerNormMLP(hk.Module):
+  """Linear -> LayerNorm -> ReLU per layer; named as hk.nets.MLP names its
+  linears, so both torsos' parameters read alike."""
 
-  def __init__(self, hidden_sizes: Sequence[int], name=None):
+  def __init__(self, hidden_sizes: Sequence[int], name="mlp"):
+    super().__init__(name=name)
+    self._layers = [(hk.Linear(size, w_init=_ORTHOGONAL_RELU, name=f"linear_{i}"),
+                     hk.LayerNorm(axis=-1, create_scale=True, create_offset=True,
+                                  name=f"layer_norm_{i}"))
+                    for i, size in enumerate(hidden_sizes)]
+
+  def __call__(self, x):
+    for linear, norm in self._layers:
+      x = jax.nn.relu(norm(linear(x)))
+    return x
+
+
+class MLPTorso(hk.Module):
+  """Flattens a vector observation and applies ReLU layers (with `norm="layer"`,
+  each normalised before its ReLU)."""
+
+  def __init__(self, hidden_sizes: Sequence[int], name=None, norm: str = "none"):
     super().__init__(name=name)
     self._hidden_sizes = tuple(hidden_sizes)
+    self._norm = norm
 
   def __call__(self, x):
     x = jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32)
+    if self._norm == "layer":
+      return _LayerNormMLP(self._hidden_sizes)(x)
     return hk.nets.MLP(self._hidden_sizes, w_init=_ORTHOGONAL_RELU, activate_final=True)(x)
 
 
@@ -162,7 +184,8 @@ def state_size(core: str, core_size: int, shared_torso: bool) -> int:
 def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[int],
                  num_actions: int, shared_torso: bool = True, continuous: bool = False,
                  gaussian_std: str = "learned", gaussian_init_std: float = 1.0,
-                 core: str = "none", core_size: int = 64) -> Network:
+                 core: str = "none", core_size: int = 64,
+                 torso_norm: str = "none") -> Network:
   """Builds the actor-critic network for `num_actions` discrete actions, or
   (`continuous`) a Gaussian policy over `num_actions` action dimensions.
 
@@ -171,8 +194,12 @@ def make_network(torso: str, hidden_sizes: Sequence[int], obs_shape: Sequence[in
   swamp the policy's in the shared layers. `core="lstm"` puts an LSTM of
   `core_size` units after each torso (the agent's memory; IMPALA's agents,
   Espeholt et al. 2018, Fig. 3): the network is then recurrent.
+  `torso_norm="layer"` normalises an MLP torso's layers before their ReLUs.
   """
-  torso_cls = TORSOS[torso]
+  if torso_norm not in TORSO_NORMS or (torso_norm != "none" and torso != "mlp"):
+    raise ValueError(f"torso_norm {torso_norm!r} is not one of {TORSO_NORMS} for an MLP torso")
+  torso_cls = (functools.partial(MLPTorso, norm=torso_norm) if torso_norm != "none"
+               else TORSOS[torso])
   obs_rank = len(obs_shape)
   distribution = distributions.for_actions(num_actions, continuous)
   if continuous and gaussian_std not in GAUSSIAN_STDS:

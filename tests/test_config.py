@@ -45,6 +45,8 @@ def test_defaults_are_valid_frozen_and_round_trip():
     ({"max_env_steps": 0}, "max_env_steps"),
     ({"max_abs_reward": -1.0}, "max_abs_reward"),
     ({"torso": "resnet"}, "torso"),
+    ({"torso_norm": "batch"}, "torso_norm"),
+    ({"torso": "conv", "torso_norm": "layer"}, "torso_norm"),
     ({"replay_max_size": 4, "batch_size": 8}, "replay_max_size"),
 ])
 def test_bad_values_name_the_field(values, field):

@@ -104,6 +104,38 @@ def test_policy_only_call_gives_apply_logits_from_the_same_params(torso, obs_sha
     assert not np.allclose(net.apply(bumped, obs)[1], values)
 
 
+def test_layer_norm_torsos_match_a_numpy_reference():
+  """torso_norm="layer": each MLP layer is linear -> LayerNorm -> ReLU, in both
+  torsos, against the same computation written out in numpy."""
+  config = Config(hidden_sizes=(16, 8), shared_torso=False, torso_norm="layer")
+  spec = envs.env_spec(config.env_id)
+  net = builder.make_network(config, spec)
+  obs = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (5,) + spec.obs_shape))
+  params = net.init(jax.random.PRNGKey(0), obs)
+  # Non-trivial scales and offsets, so the test sees them used.
+  params = {k: {n: (v + 0.3 * np.arange(v.size).reshape(v.shape) / v.size if k.count("norm")
+                    else v) for n, v in p.items()} for k, p in params.items()}
+
+  def torso(prefix):
+    h = obs.reshape(len(obs), -1).astype(np.float64)
+    for i in range(2):
+      lin, norm = params[f"{prefix}/mlp/~/linear_{i}"], params[f"{prefix}/mlp/~/layer_norm_{i}"]
+      h = h @ np.asarray(lin["w"]) + np.asarray(lin["b"])
+      h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5)
+      h = np.maximum(h * np.asarray(norm["scale"]) + np.asarray(norm["offset"]), 0.0)
+    return h
+
+  logits, values = net.apply(params, obs)
+  want_logits = torso("mlp_torso") @ np.asarray(params["policy"]["w"]) + params["policy"]["b"]
+  want_values = (torso("value_torso") @ np.asarray(params["value"]["w"]) + params["value"]["b"])
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(values, want_values[:, 0], rtol=1e-4, atol=1e-5)
+  # The default torso has no norm parameters and keeps its parameter names.
+  plain = builder.make_network(config.replace(torso_norm="none"), spec).init(
+      jax.random.PRNGKey(0), obs)
+  assert sorted(plain) == sorted(k for k in params if "norm" not in k)
+
+
 def test_get_variables_serves_restored_params_and_matching_versions():
   """The variables actors pull: a restore that repeats a step count is not served
   from the old cache, and each version comes with the params of that many steps."""
