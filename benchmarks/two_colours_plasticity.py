@@ -36,12 +36,11 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import markdown
 from benchmarks import two_colours_lib as lib
-from envs import two_colours
+from benchmarks import two_colours_probes as probes
 
 _STEPS = flags.DEFINE_integer("steps", 10_000_000, "Env steps per lane.")
 _PROBE_EVERY = flags.DEFINE_integer("probe_every", 500_000, "Env steps between probes.")
@@ -54,56 +53,8 @@ _RESULTS = flags.DEFINE_string("results_md", "RESULTS.md", "Markdown file to upd
 _REPLOT = flags.DEFINE_bool("replot", False, "Only rewrite the table from the saved probes.")
 
 BEGIN, END = "<!-- two_colours_plasticity:begin -->", "<!-- two_colours_plasticity:end -->"
-TAU = 0.1
-TORSOS = {"policy": "mlp_torso/mlp/~/", "value": "value_torso/mlp/~/"}
 # Config fields over the paper's agent (lib.AGENT).
 VARIANTS = {"paper": (), "layer_norm": (("torso_norm", "layer"),)}
-LAYER_NORM_EPS = 1e-5  # haiku's default
-
-
-def all_observations(size: int = two_colours.SIZE) -> jax.Array:
-  """The observation of every placement of agent, blue and red on distinct cells."""
-  cells = np.array([(a, b, r) for a in range(size * size) for b in range(size * size)
-                    for r in range(size * size) if len({a, b, r}) == 3])
-  xy = np.stack([cells % size, cells // size], axis=-1)  # [n, 3, 2]
-  states = two_colours.TwoColoursState(agent=jnp.asarray(xy[:, 0]), items=jnp.asarray(xy[:, 1:]),
-                                       step=jnp.zeros(len(cells), jnp.int32))
-  return jax.vmap(lambda s: two_colours.observation(s, size))(states)
-
-
-def effective_rank(features: jax.Array, delta: float = 0.01) -> jax.Array:
-  """srank_delta: the fewest singular values holding 1 - delta of their sum."""
-  s = jnp.linalg.svd(features, compute_uv=False)
-  return jnp.argmax(jnp.cumsum(s) / jnp.sum(s) >= 1.0 - delta) + 1
-
-
-@jax.jit
-def probe(params, obs: jax.Array) -> Dict[str, jax.Array]:
-  """One lane's networks on every state (see the module docstring)."""
-  out = {}
-  for net, prefix in TORSOS.items():
-    h, norm = obs, 0.0
-    for layer in range(2):
-      w, b = params[f"{prefix}linear_{layer}"]["w"], params[f"{prefix}linear_{layer}"]["b"]
-      h = h @ w + b
-      norm_params = params.get(f"{prefix}layer_norm_{layer}")
-      if norm_params is not None:
-        mean, var = jnp.mean(h, -1, keepdims=True), jnp.var(h, -1, keepdims=True)
-        h = ((h - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS) * norm_params["scale"]
-             + norm_params["offset"])
-      h = jax.nn.relu(h)
-      norm += jnp.sum(w ** 2)
-      activity = jnp.mean(jnp.abs(h), axis=0)
-      out[f"{net}_dead{layer + 1}"] = jnp.mean(jnp.all(h == 0, axis=0))
-      out[f"{net}_dormant{layer + 1}"] = jnp.mean(activity <= TAU * jnp.mean(activity))
-    out[f"{net}_srank"] = effective_rank(h)
-    out[f"{net}_weight_norm"] = jnp.sqrt(norm)
-    if net == "policy":
-      logits = h @ params["policy"]["w"] + params["policy"]["b"]
-      logp = jax.nn.log_softmax(logits)
-      out["entropy"] = jnp.mean(-jnp.sum(jnp.exp(logp) * logp, axis=-1))
-      out["logit_gap"] = jnp.mean(jnp.max(logits, -1) - jnp.min(logits, -1))
-  return out
 
 
 def run(steps: int, probe_every: int, seeds: List[int], entropy_cost: float,
@@ -112,17 +63,17 @@ def run(steps: int, probe_every: int, seeds: List[int], entropy_cost: float,
   settings = [setting] * len(seeds)
   runner, values, point_steps = lib._program(settings, 10_000, lib.two_colours.SWAP_EVERY)
   carry = lib.initial_carry(settings, seeds)
-  obs = all_observations()
-  probes: List[dict] = []
+  obs = probes.all_observations()
+  saved_probes: List[dict] = []
   reward: List[np.ndarray] = []
   per_probe = max(1, probe_every // point_steps)
 
   def take_probe(done_points):
     params = carry[2].params
-    lanes = [jax.device_get(probe(jax.tree.map(lambda x: x[i], params), obs))
+    lanes = [jax.device_get(probes.probe(jax.tree.map(lambda x: x[i], params), obs))
              for i in range(len(seeds))]
-    probes.append({"env_steps": done_points * point_steps,
-                   **{k: [float(p[k]) for p in lanes] for k in lanes[0]}})
+    saved_probes.append({"env_steps": done_points * point_steps,
+                         **{k: [float(p[k]) for p in lanes] for k in lanes[0]}})
 
   take_probe(0)
   start = time.time()
@@ -134,10 +85,11 @@ def run(steps: int, probe_every: int, seeds: List[int], entropy_cost: float,
       logging.info("%d/%d env steps per lane (%.0f steps/s summed), entropy %.3f, "
                    "policy tau-dormant %.3f", point * point_steps, steps,
                    point * point_steps * len(seeds) / (time.time() - start),
-                   np.mean(probes[-1]["entropy"]), np.mean(probes[-1]["policy_dormant2"]))
+                   np.mean(saved_probes[-1]["entropy"]),
+                   np.mean(saved_probes[-1]["policy_dormant2"]))
   return {"setting": setting.name, "variant": variant, "entropy_cost": entropy_cost,
           "seeds": seeds, "point_steps": point_steps,
-          "agent": lib.agent_digest(setting.agent_extra), "probes": probes,
+          "agent": lib.agent_digest(setting.agent_extra), "probes": saved_probes,
           "reward": np.stack(reward, axis=1).tolist()}
 
 

@@ -373,23 +373,23 @@ def test_the_interim_report_finds_where_a_lasting_saturation_began():
 
 
 def test_the_plasticity_probe_sees_every_state_and_measures_rank_and_dormancy():
-  from benchmarks import two_colours_plasticity as plasticity
-  obs = np.asarray(plasticity.all_observations())
+  from benchmarks import two_colours_probes as probes
+  obs = np.asarray(probes.all_observations())
   assert obs.shape == (25 * 24 * 23, 30)
   assert np.all(obs.sum(axis=1) == 6)  # one-hot x and y of agent, blue and red
   assert len({row.tobytes() for row in obs}) == len(obs)
   # srank_0.01 of equal singular values is all of them; of a rank-2 matrix, 2.
-  assert int(plasticity.effective_rank(np.eye(8, dtype=np.float32))) == 8
+  assert int(probes.effective_rank(np.eye(8, dtype=np.float32))) == 8
   u = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
-  assert int(plasticity.effective_rank(u @ u[:8].T)) == 2
+  assert int(probes.effective_rank(u @ u[:8].T)) == 2
   # A fresh agent: a near-uniform policy; a unit whose bias keeps it negative
   # on every state is dead (and tau-dormant).
   setting = lib.Setting("fixed", entropy_cost=0.1)
   params = jax.tree.map(lambda x: x[0], lib.initial_carry([setting], [0])[2].params)
-  fresh = plasticity.probe(params, obs)
+  fresh = probes.probe(params, obs)
   assert abs(float(fresh["entropy"]) - np.log(4)) < 1e-3 and float(fresh["policy_dead1"]) == 0
   layer = "mlp_torso/mlp/~/linear_0"
   killed = dict(params, **{layer: dict(params[layer], b=params[layer]["b"].at[:64].set(-100.0))})
-  out = plasticity.probe(killed, obs)
+  out = probes.probe(killed, obs)
   assert float(out["policy_dead1"]) == 0.25 and float(out["policy_dormant1"]) >= 0.25
   assert float(out["value_dead1"]) == float(fresh["value_dead1"])
