@@ -141,6 +141,13 @@ def _wait_for_workers(procs: List[subprocess.Popen]) -> Tuple[List[int], Optiona
     time.sleep(1.0)
 
 
+def _signal_name(number: int) -> str:
+  try:
+    return signal.Signals(number).name
+  except ValueError:  # a real-time signal has no name
+    return f"signal {number}"
+
+
 def _run_phase_in_workers(phase: str, deadline: Optional[float]) -> bool:
   """Runs `phase` in --workers processes (each its share); True if all finished,
   False if the deadline stopped them; raises SystemExit (one line) otherwise."""
@@ -172,7 +179,7 @@ def _run_phase_in_workers(phase: str, deadline: Optional[float]) -> bool:
   if code == EXIT_STOPPED:
     raise SystemExit(f"two_colours: {phase} worker {culprit} was stopped by a signal; the "
                      "programs saved their state: run the same command again to continue")
-  how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+  how = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
   raise SystemExit(f"two_colours: {phase} worker {culprit} failed ({how}); its program "
                    "resumes from its last save and the others saved theirs: run the same "
                    "command again to continue")
