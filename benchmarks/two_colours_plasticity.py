@@ -93,26 +93,26 @@ def run(steps: int, probe_every: int, seeds: List[int], entropy_cost: float,
           "reward": np.stack(reward, axis=1).tolist()}
 
 
-def check_against_finals(saved: dict) -> str:
-  """The rerun's reward per step beside the committed final shards' for the
-  same seeds. Not equal to the letter: the finals ran as one 10-lane
-  program, and a program of another width rounds differently, so the
-  sampled trajectories part after the first few curve points."""
-  setting = lib.Setting("fixed", entropy_cost=saved["entropy_cost"])
-  steps = len(saved["reward"][0]) * saved["point_steps"]
-  mine = np.sum(saved["reward"], axis=1) / steps
-  finals = [lib._read_shard(lib.shard_path("benchmarks/results/two_colours", "final",
-                                           setting, seed)) for seed in saved["seeds"]]
-  if any(f is None for f in finals):
-    return "no final shards to compare with"
+def reward_per_seed(saved: dict, shard_dir: str) -> str:
+  """Each seed's reward per step over the rerun; for the paper's agent, beside
+  its committed final shard's over the same steps. Not equal to the letter:
+  the finals ran as one 10-lane program, and a program of another width
+  rounds differently, so the sampled trajectories part after the first few
+  curve points."""
   n = len(saved["reward"][0])
-  theirs = [np.sum(f["reward"][:n]) / steps for f in finals]
-  return (f"reward per step over these {steps:,} steps: " + ", ".join(
-      f"seed {seed} {a:.3f} (final run {b:.3f})"
-      for seed, a, b in zip(saved["seeds"], mine, theirs)))
+  steps = n * saved["point_steps"]
+  mine = np.sum(saved["reward"], axis=1) / steps
+  finals = [None] * len(saved["seeds"])
+  if saved["variant"] == "paper":
+    setting = lib.Setting("fixed", entropy_cost=saved["entropy_cost"])
+    finals = [lib._read_shard(lib.shard_path(shard_dir, "final", setting, seed))
+              for seed in saved["seeds"]]
+  return f"reward per step over these {steps:,} steps: " + ", ".join(
+      f"seed {seed} {r:.3f}" + (f" (final run {np.sum(f['reward'][:n]) / steps:.3f})" if f else "")
+      for seed, r, f in zip(saved["seeds"], mine, finals))
 
 
-def table(saved: dict) -> str:
+def table(saved: dict, shard_dir: str) -> str:
   point_steps = saved["point_steps"]
   reward = np.asarray(saved["reward"])
   cols = [("entropy", "policy entropy"), ("logit_gap", "logit max-min"),
@@ -132,15 +132,10 @@ def table(saved: dict) -> str:
     lines.append(f"| {p['env_steps']:,} | {r} | "
                  + " | ".join(f"{np.mean(p[k]):.3f}" if "norm" not in k and "srank" not in k
                               else f"{np.mean(p[k]):.1f}" for k, _ in cols) + " |")
-  steps = reward.shape[1] * point_steps
-  mine = reward.sum(axis=1) / steps
-  about = (check_against_finals(saved) if saved["variant"] == "paper" else
-           "reward per step over these {:,} steps: ".format(steps) + ", ".join(
-               f"seed {seed} {r:.3f}" for seed, r in zip(saved["seeds"], mine)))
   return "\n".join(lines) + (
       f"\n\n`{saved['setting']}` ({saved['variant']}), seeds "
       f"{', '.join(map(str, saved['seeds']))} (the final runs' first lanes), mean over seeds; "
-      f"probes over all 13,800 states. {about}.")
+      f"probes over all 13,800 states. {reward_per_seed(saved, shard_dir)}.")
 
 
 def plot(saves: Dict[str, dict], path: str) -> None:
@@ -197,7 +192,7 @@ def main(argv):
     raise app.UsageError(f"no saved probes in {out}: run without --replot first")
   png = os.path.join(out, "plasticity.png")
   plot(saves, png)
-  body = "\n\n".join(table(saved) for saved in saves.values()) + (
+  body = "\n\n".join(table(saved, out) for saved in saves.values()) + (
       f"\n\nMade by `python -m benchmarks.two_colours_plasticity [--variant=...]`."
       f"\n\n![plasticity.png]({png})")
   markdown.replace_block(_RESULTS.value, BEGIN, END, body, title="Results",
