@@ -55,7 +55,8 @@ def make_network(config: Config, spec: envs.EnvSpec) -> networks_lib.Network:
 def make_optimizer(config: Config):
   from podmeta import learning
   return learning.make_optimizer(config.optimizer, config.learning_rate, config.max_grad_norm,
-                                 config.rmsprop_decay, config.optimizer_eps)
+                                 config.rmsprop_decay, config.optimizer_eps,
+                                 config.weight_decay, config.weight_decay_towards)
 
 
 def loss_hyperparams(config: Config) -> losses.LossHyperparams:

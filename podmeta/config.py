@@ -21,6 +21,7 @@ TORSOS = ("mlp", "conv", "impala_deep")
 GAUSSIAN_STDS = ("learned", "state")
 CORES = ("none", "lstm")
 TORSO_NORMS = ("none", "layer")
+WEIGHT_DECAY_ANCHORS = ("zero", "init")
 ENV_BACKENDS = ("gymnasium", "envpool")
 INFERENCE = ("cpu", "accelerator")
 _REPLAYS = ("queue", "uniform")
@@ -126,6 +127,13 @@ class Config:
   max_grad_norm: float = 40.0  # global-norm clip of the agent's gradient; 0: none
   rmsprop_decay: float = 0.99
   optimizer_eps: float = 1e-6
+  # An L2 penalty on the agent's parameters, its gradient added after the clip:
+  # weight_decay * (params - anchor), the anchor "zero" (weight decay) or
+  # "init", the initial parameters ("L2 Init", Kumar et al. 2023, against the
+  # loss of plasticity under changing tasks; it keeps a copy of the initial
+  # parameters in the optimiser state). Neither is in IMPALA or the BMG papers.
+  weight_decay: float = 0.0
+  weight_decay_towards: str = "zero"
 
   # Replay. "queue": each unroll is consumed exactly once, actors block when
   # the queue is full. "uniform": uniform sampling, rate-limited to
@@ -266,6 +274,9 @@ def _validate(c: Config) -> None:
   require(c.max_grad_norm >= 0, "max_grad_norm", "must be non-negative (0: no clipping)")
   require(0.0 < c.rmsprop_decay < 1.0, "rmsprop_decay", "must be in (0, 1)")
   require(c.optimizer_eps > 0, "optimizer_eps", "must be positive")
+  require(c.weight_decay >= 0, "weight_decay", "must be non-negative (0: none)")
+  require(c.weight_decay_towards in WEIGHT_DECAY_ANCHORS, "weight_decay_towards",
+          f"must be one of {WEIGHT_DECAY_ANCHORS}")
   require(c.replay in _REPLAYS, "replay", f"must be one of {_REPLAYS}")
   require(c.replay_max_size >= c.batch_size, "replay_max_size",
           "must hold at least one batch (batch_size unrolls)")

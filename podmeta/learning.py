@@ -18,6 +18,7 @@ from podmeta import core
 from podmeta import losses
 from podmeta import networks as networks_lib
 from podmeta import types
+from podmeta.config import WEIGHT_DECAY_ANCHORS
 from podmeta.types import Trajectory
 
 AXIS = types.DEVICE_AXIS
@@ -31,12 +32,46 @@ class LearnerState(NamedTuple):
   meta: Any = ()
 
 
+class DecayTowardsInitState(NamedTuple):
+  init_params: Any  # the parameters the optimiser was initialised with
+
+
+def add_decay_towards_init(strength: float) -> optax.GradientTransformation:
+  """Adds `strength * (params - params_0)` to the gradient: an L2 penalty
+  towards the initial parameters ("L2 Init", Kumar et al. 2023, "Maintaining
+  Plasticity in Continual Learning via Regenerative Regularization").
+
+  Unlike decay towards zero it leaves a unit the gradient no longer reaches
+  at its initial, trainable scale instead of shrinking it away.
+  """
+
+  def init_fn(params):
+    return DecayTowardsInitState(jax.tree.map(jnp.asarray, params))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("add_decay_towards_init needs the params in optimizer.update")
+    updates = jax.tree.map(lambda g, p, p0: g + strength * (p - p0), updates, params,
+                           state.init_params)
+    return updates, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def make_optimizer(name: str, learning_rate: float, max_grad_norm: float,
-                   rmsprop_decay: float = 0.99, eps: float = 1e-6
+                   rmsprop_decay: float = 0.99, eps: float = 1e-6,
+                   weight_decay: float = 0.0, weight_decay_towards: str = "zero"
                    ) -> optax.GradientTransformation:
-  """Clip by global norm (unless max_grad_norm is 0), then the optimiser.
+  """Clip by global norm (unless max_grad_norm is 0), add an L2 penalty's
+  gradient (unless weight_decay is 0), then the optimiser.
 
   Every step is differentiable.
+
+  The penalty, `weight_decay * (params - anchor)` with the anchor zero or the
+  initial parameters, joins the gradient after the clip, so the clip bounds
+  only the loss's step. Under SGD that is decoupled weight decay; under Adam
+  or RMSProp it is rescaled with the gradient (L2 regularisation, not AdamW).
+  With weight_decay 0 the optimiser and its state are exactly as without it.
 
   Adam's `eps_root` keeps its update differentiable where a gradient entry is
   zero (d sqrt(v)/dv is infinite at v = 0), which meta-gradients go through.
@@ -49,9 +84,13 @@ def make_optimizer(name: str, learning_rate: float, max_grad_norm: float,
     opt = optax.sgd(learning_rate)
   else:
     raise ValueError(f"unknown optimizer {name!r}")
-  if not max_grad_norm:
-    return opt
-  return optax.chain(optax.clip_by_global_norm(max_grad_norm), opt)
+  if weight_decay_towards not in WEIGHT_DECAY_ANCHORS:
+    raise ValueError(f"unknown weight_decay_towards {weight_decay_towards!r}")
+  parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(weight_decay) if weight_decay_towards == "zero"
+                 else add_decay_towards_init(weight_decay))
+  return optax.chain(*parts, opt) if parts else opt
 
 
 def clipped(grad_norm: jnp.ndarray, max_grad_norm: float) -> jnp.ndarray:

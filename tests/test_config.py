@@ -47,6 +47,8 @@ def test_defaults_are_valid_frozen_and_round_trip():
     ({"torso": "resnet"}, "torso"),
     ({"torso_norm": "batch"}, "torso_norm"),
     ({"torso": "conv", "torso_norm": "layer"}, "torso_norm"),
+    ({"weight_decay": -1e-4}, "weight_decay"),
+    ({"weight_decay_towards": "mean"}, "weight_decay_towards"),
     ({"replay_max_size": 4, "batch_size": 8}, "replay_max_size"),
 ])
 def test_bad_values_name_the_field(values, field):
@@ -74,5 +76,9 @@ def test_each_choice_list_matches_what_implements_it():
     learning.make_optimizer(name, 1e-3, 1.0)
   with pytest.raises(ValueError, match="unknown optimizer"):
     learning.make_optimizer("not_an_optimizer", 1e-3, 1.0)
+  for anchor in config_lib.WEIGHT_DECAY_ANCHORS:
+    learning.make_optimizer("sgd", 1e-3, 1.0, weight_decay=1e-4, weight_decay_towards=anchor)
+  with pytest.raises(ValueError, match="unknown weight_decay_towards"):
+    learning.make_optimizer("sgd", 1e-3, 1.0, weight_decay=1e-4, weight_decay_towards="mean")
   assert set(meta_config.HYPERPARAMETERS) == set(losses.LossHyperparams._fields) | {
       "learning_rate_scale"}

@@ -6,6 +6,7 @@ import pytest
 
 import envs
 from podmeta import builder
+from podmeta import learning
 from podmeta import networks
 from podmeta.config import Config
 from podmeta import replay as replay_lib
@@ -134,6 +135,50 @@ def test_layer_norm_torsos_match_a_numpy_reference():
   plain = builder.make_network(config.replace(torso_norm="none"), spec).init(
       jax.random.PRNGKey(0), obs)
   assert sorted(plain) == sorted(k for k in params if "norm" not in k)
+
+
+@pytest.mark.parametrize("towards", ["zero", "init"])
+def test_weight_decay_adds_its_l2_gradient_after_the_clip(towards):
+  """The optimiser's step with weight decay, against the SGD step written out:
+  -lr * (clip(g) + wd * (params - anchor)), the clip leaving the penalty alone."""
+  p0 = {"w": np.array([1.0, -2.0, 0.5], np.float32)}
+  params = {"w": np.array([1.5, -1.0, 0.0], np.float32)}
+  grads = {"w": np.array([3.0, 4.0, 0.0], np.float32)}  # global norm 5, clipped to 1
+  opt = learning.make_optimizer("sgd", 0.1, 1.0, weight_decay=0.01, weight_decay_towards=towards)
+  updates, _ = opt.update(grads, opt.init(p0), params)
+  anchor = p0["w"] if towards == "init" else 0.0
+  want = -0.1 * (grads["w"] / 5.0 + 0.01 * (params["w"] - anchor))
+  np.testing.assert_allclose(updates["w"], want, rtol=1e-6)
+  # Without weight decay the optimiser and its state are the plain one's.
+  plain, bare = learning.make_optimizer("adam", 1e-3, 1.0), learning.make_optimizer(
+      "adam", 1e-3, 1.0, weight_decay=0.0, weight_decay_towards=towards)
+  assert (jax.tree.structure(plain.init(p0)) == jax.tree.structure(bare.init(p0)))
+
+
+def test_learner_decays_towards_its_initial_params():
+  """In the pmapped learner: the first SGD step equals the undecayed one
+  (params are still at init), the second differs by exactly -lr * wd * (p1 - p0)."""
+  base = Config(batch_size=8, unroll_length=5, hidden_sizes=(16,), optimizer="sgd",
+                learning_rate=0.05, max_grad_norm=0.0)
+  spec = envs.env_spec(base.env_id)
+  batch = jax.device_put_sharded(
+      replay_lib.per_device(helpers.random_batch(spec, 8, 5, seed=4), 2), jax.devices()[:2])
+  runs = {}
+  for wd in (0.0, 0.5):
+    learner = builder.make_learner(base.replace(weight_decay=wd, weight_decay_towards="init"),
+                                   spec, devices=jax.devices()[:2])
+    trail = [learner.get_variables()[1]]
+    for _ in range(2):
+      learner.step(batch)
+      trail.append(learner.get_variables()[1])
+    runs[wd] = trail
+  (p0, p1, p2), (q0, q1, q2) = runs[0.0], runs[0.5]
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(q1)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  for a0, a1, a2, b2 in zip(*(jax.tree.leaves(t) for t in (p0, p1, p2, q2))):
+    np.testing.assert_allclose(b2 - a2, -0.05 * 0.5 * (a1 - a0), rtol=1e-3, atol=1e-6)
+  assert any(np.abs(a1 - a0).max() > 1e-3 for a0, a1 in zip(jax.tree.leaves(p0),
+                                                             jax.tree.leaves(p1)))
 
 
 def test_get_variables_serves_restored_params_and_matching_versions():
