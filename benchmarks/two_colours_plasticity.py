@@ -2,7 +2,7 @@ r"""Why the grid-world agent earns less late in a 10M-step run: its networks pro
 
   python -m benchmarks.two_colours_plasticity                        # best fixed agent, seeds 100-101
   python -m benchmarks.two_colours_plasticity --variant=layer_norm   # the same with LayerNorm torsos
-  python -m benchmarks.two_colours_plasticity --variant=l2_init      # ... regularised towards init
+  python -m benchmarks.two_colours_plasticity --variant=l2_init_1e-04  # ... regularised towards init
   python -m benchmarks.two_colours_plasticity --replot               # tables and plot from the saves
 
 Every final run, fixed or meta, earns less over its last 3M steps than over
@@ -22,13 +22,13 @@ the world (the observation carries no colour):
 
 `--variant=layer_norm` runs the same agent with its torsos' layers normalised
 before their ReLUs (`torso_norm="layer"`, not the paper's agent), to test
-whether keeping the units alive keeps the reward up. `--variant=l2_init` adds
-an L2 penalty towards the initial parameters (`weight_decay=1e-3`,
-`weight_decay_towards="init"`: "L2 Init", Kumar et al. 2023), against the
-weight norms' growth; `--variant=weight_decay` the same penalty towards zero.
-Neither is the paper's agent. Under SGD 0.1 a strength of 1e-3 pulls back
-with a time constant of 10k updates (160k env steps, about one colour
-period), where the paper agent's torso norms doubled over 10M steps.
+whether keeping the units alive keeps the reward up. `--variant=l2_init_1e-03`
+and `l2_init_1e-04` add an L2 penalty of that strength towards the initial
+parameters (`weight_decay`, `weight_decay_towards="init"`: "L2 Init", Kumar
+et al. 2023), against the weight norms' growth; not the paper's agent either.
+Under SGD 0.1 a strength of 1e-3 pulls back with a time constant of 10k
+updates (160k env steps, about one colour period), 1e-4 ten times slower,
+where the paper agent's torso norms doubled over 10M steps.
 
 Writes benchmarks/results/two_colours/plasticity-<variant>.json, the plot
 plasticity.png beside them and a table per variant in RESULTS.md.
@@ -51,8 +51,9 @@ from benchmarks import two_colours_probes as probes
 
 # Config fields over the paper's agent (lib.AGENT).
 VARIANTS = {"paper": (), "layer_norm": (("torso_norm", "layer"),),
-            "l2_init": (("weight_decay", 1e-3), ("weight_decay_towards", "init")),
-            "weight_decay": (("weight_decay", 1e-3), ("weight_decay_towards", "zero"))}
+            **{f"l2_init_{strength:.0e}": (("weight_decay", strength),
+                                           ("weight_decay_towards", "init"))
+               for strength in (1e-3, 1e-4)}}
 
 _STEPS = flags.DEFINE_integer("steps", 10_000_000, "Env steps per lane.")
 _PROBE_EVERY = flags.DEFINE_integer("probe_every", 500_000, "Env steps between probes.")

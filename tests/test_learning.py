@@ -181,6 +181,33 @@ def test_learner_decays_towards_its_initial_params():
                                                              jax.tree.leaves(p1)))
 
 
+def test_initial_params_of_l2_init_survive_a_checkpoint(tmp_path):
+  """The anchor of weight_decay_towards="init" lives in the optimiser state:
+  saved and restored with it, so a resumed run keeps pulling towards the same
+  parameters, not towards those it resumed with."""
+  from podmeta import checkpointing
+  config = Config(batch_size=4, unroll_length=5, hidden_sizes=(16,), optimizer="sgd",
+                  weight_decay=0.1, weight_decay_towards="init")
+  spec = envs.env_spec(config.env_id)
+  learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
+  initial = learner.get_variables()[1]
+  batch = jax.device_put_sharded(replay_lib.per_device(helpers.random_batch(spec, 4, 5, seed=5), 1),
+                                 learner.devices)
+  learner.step(batch)
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
+  ckpt.save(1, learner.save(), {})
+  fresh = builder.make_learner(config.replace(seed=config.seed + 1), spec, devices=jax.devices()[:1])
+  restored, _ = ckpt.restore_latest(fresh.save())
+  anchors = [s for s in jax.tree.leaves(restored.opt_state, is_leaf=lambda x: isinstance(
+      x, learning.DecayTowardsInitState)) if isinstance(s, learning.DecayTowardsInitState)]
+  assert len(anchors) == 1
+  for a, b in zip(jax.tree.leaves(anchors[0].init_params), jax.tree.leaves(initial)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  fresh.restore(restored)
+  for a, b in zip(jax.tree.leaves(fresh.get_variables()[1]), jax.tree.leaves(learner.get_variables()[1])):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_get_variables_serves_restored_params_and_matching_versions():
   """The variables actors pull: a restore that repeats a step count is not served
   from the old cache, and each version comes with the params of that many steps."""
