@@ -159,7 +159,7 @@ def plot(saves: Dict[str, dict], path: str) -> None:
             ("effective rank of the last features", ("policy_srank", "value_srank")),
             ("torso weight norm", ("policy_weight_norm", "value_weight_norm"))]
   fig, axes = plt.subplots(len(saves), len(panels), figsize=(4 * len(panels), 3.2 * len(saves)),
-                           squeeze=False, sharex=True)
+                           squeeze=False, sharex=True, sharey="col")
   for row, (variant, saved) in zip(axes, saves.items()):
     reward = np.asarray(saved["reward"])
     per = saved["probes"][1]["env_steps"] // saved["point_steps"]
