@@ -1,9 +1,9 @@
 r"""Why the grid-world agent earns less late in a 10M-step run: its networks probed.
 
-  python -m benchmarks.two_colours_plasticity                        # best fixed agent, seeds 100-101
-  python -m benchmarks.two_colours_plasticity --variant=layer_norm   # the same with LayerNorm torsos
-  python -m benchmarks.two_colours_plasticity --variant=l2_init_1e-04  # ... regularised towards init
-  python -m benchmarks.two_colours_plasticity --replot               # tables and plot from the saves
+  python -m benchmarks.two_colours_plasticity                         # best fixed agent, 100-101
+  python -m benchmarks.two_colours_plasticity --variant=layer_norm    # with LayerNorm torsos
+  python -m benchmarks.two_colours_plasticity --variant=l2_init_1e-04 # with L2 towards init
+  python -m benchmarks.two_colours_plasticity --replot                # tables and plot again
 
 Every final run, fixed or meta, earns less over its last 3M steps than over
 its first 3M while, at a constant entropy cost, its policy's entropy rises
@@ -27,7 +27,7 @@ and `l2_init_1e-04` add an L2 penalty of that strength towards the initial
 parameters (`weight_decay`, `weight_decay_towards="init"`: "L2 Init", Kumar
 et al. 2023), against the weight norms' growth; not the paper's agent either.
 Under SGD 0.1 a strength of 1e-3 pulls back with a time constant of 10k
-updates (160k env steps, about one colour period), 1e-4 ten times slower,
+updates (160k env steps, 1.6 colour periods), 1e-4 ten times slower,
 where the paper agent's torso norms doubled over 10M steps.
 
 Writes benchmarks/results/two_colours/plasticity-<variant>.json, the plot

@@ -152,7 +152,7 @@ def test_weight_decay_adds_its_l2_gradient_after_the_clip(towards):
   # Without weight decay the optimiser and its state are the plain one's.
   plain, bare = learning.make_optimizer("adam", 1e-3, 1.0), learning.make_optimizer(
       "adam", 1e-3, 1.0, weight_decay=0.0, weight_decay_towards=towards)
-  assert (jax.tree.structure(plain.init(p0)) == jax.tree.structure(bare.init(p0)))
+  assert jax.tree.structure(plain.init(p0)) == jax.tree.structure(bare.init(p0))
 
 
 def test_learner_decays_towards_its_initial_params():
@@ -191,12 +191,13 @@ def test_initial_params_of_l2_init_survive_a_checkpoint(tmp_path):
   spec = envs.env_spec(config.env_id)
   learner = builder.make_learner(config, spec, devices=jax.devices()[:1])
   initial = learner.get_variables()[1]
-  batch = jax.device_put_sharded(replay_lib.per_device(helpers.random_batch(spec, 4, 5, seed=5), 1),
-                                 learner.devices)
+  batch = jax.device_put_sharded(
+      replay_lib.per_device(helpers.random_batch(spec, 4, 5, seed=5), 1), learner.devices)
   learner.step(batch)
   ckpt = checkpointing.Checkpointer(str(tmp_path / "ckpt"))
   ckpt.save(1, learner.save(), {})
-  fresh = builder.make_learner(config.replace(seed=config.seed + 1), spec, devices=jax.devices()[:1])
+  fresh = builder.make_learner(config.replace(seed=config.seed + 1), spec,
+                               devices=jax.devices()[:1])
   restored, _ = ckpt.restore_latest(fresh.save())
   anchors = [s for s in jax.tree.leaves(restored.opt_state, is_leaf=lambda x: isinstance(
       x, learning.DecayTowardsInitState)) if isinstance(s, learning.DecayTowardsInitState)]
@@ -204,7 +205,8 @@ def test_initial_params_of_l2_init_survive_a_checkpoint(tmp_path):
   for a, b in zip(jax.tree.leaves(anchors[0].init_params), jax.tree.leaves(initial)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   fresh.restore(restored)
-  for a, b in zip(jax.tree.leaves(fresh.get_variables()[1]), jax.tree.leaves(learner.get_variables()[1])):
+  resumed, saved = fresh.get_variables()[1], learner.get_variables()[1]
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(saved)):
     np.testing.assert_array_equal(a, b)
 
 
