@@ -375,9 +375,42 @@ def preflight(config: Config, run_dir: str, num_devices: Optional[int] = None,
     # restores; this check (on a pod, every host's) changes nothing.
     checkpointer = make_checkpointer(config, run_dir, read_only=True)
     try:
-      checkpointer.restore_latest(learner_template)  # raises CheckpointError (a ValueError)
+      checkpointer.restore_latest(learner_template)
+    except ValueError as e:  # CheckpointError
+      changed = _changed_fields(config, run_dir)
+      if "does not match" not in str(e) or not changed:
+        raise
+      raise ValueError(f"{e}; config fields changed since this run began "
+                       f"(was -> now): {changed}") from e
     finally:
       checkpointer.close()
+
+
+def _flat_fields(mapping, prefix=""):
+  for key, value in mapping.items():
+    if isinstance(value, dict):
+      yield from _flat_fields(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+def _changed_fields(config: Config, run_dir: str, limit: int = 6) -> str:
+  """The fields where `config` differs from run_dir's config.json, as `name (old -> new)`.
+
+  A checkpoint that does not fit names an array path of the learner state;
+  the user changed a field, and this names it. Lists and tuples compare
+  equal (JSON has no tuples); "" if there is no readable config.json.
+  """
+  try:
+    with open(os.path.join(run_dir, "config.json")) as f:
+      before = dict(_flat_fields(json.load(f)))
+  except (OSError, ValueError):
+    return ""
+  now = dict(_flat_fields(json.loads(json.dumps(dataclasses.asdict(config)))))
+  changed = [f"{k} ({before.get(k)!r} -> {now.get(k)!r})"
+             for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+  return ", ".join(changed[:limit]) + (f" and {len(changed) - limit} more"
+                                       if len(changed) > limit else "")
 
 
 def _check_network_fits(config: Config, spec: envs.EnvSpec) -> None:

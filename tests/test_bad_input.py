@@ -107,6 +107,26 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
   assert _tree_digest(run_dir) == before
 
 
+def test_a_refused_checkpoint_names_the_config_fields_changed_since_the_run_began(tmp_path):
+  """L2 Init adds an anchor to the optimiser state; resuming without it names weight_decay."""
+  run_dir = str(tmp_path / "run")
+  config = Config(hidden_sizes=(8,), weight_decay=1e-4, weight_decay_towards="init")
+  builder.write_config(config, run_dir)
+  _write_checkpoint(run_dir, config)
+  builder.preflight(config, run_dir, num_devices=1)
+  with pytest.raises(ValueError) as e:
+    builder.preflight(config.replace(weight_decay=0.0, seed=3), run_dir, num_devices=1)
+  message = str(e.value)
+  assert "does not match" in message and "\n" not in message
+  assert message.endswith("changed since this run began (was -> now): "
+                          "seed (0 -> 3), weight_decay (0.0001 -> 0.0)"), message
+  # Without the run's config.json the error is the checkpoint's alone.
+  os.remove(os.path.join(run_dir, "config.json"))
+  with pytest.raises(ValueError, match="does not match") as e:
+    builder.preflight(config.replace(weight_decay=0.0), run_dir, num_devices=1)
+  assert "changed since" not in str(e.value)
+
+
 @pytest.mark.parametrize("args, must_mention", [
     (["--config.env_id=nosuchpkg.envs:Corridor-v0"],
      "config field 'env_id': cannot import module 'nosuchpkg.envs'"),
