@@ -374,11 +374,12 @@ def preflight(config: Config, run_dir: str, num_devices: Optional[int] = None,
     # Read-only: the learner sets an unreadable checkpoint aside when it
     # restores; this check (on a pod, every host's) changes nothing.
     checkpointer = make_checkpointer(config, run_dir, read_only=True)
+    from podmeta.checkpointing import CheckpointMismatch
     try:
-      checkpointer.restore_latest(learner_template)
-    except ValueError as e:  # CheckpointError
+      checkpointer.restore_latest(learner_template)  # raises CheckpointError (a ValueError)
+    except CheckpointMismatch as e:
       changed = _changed_fields(config, run_dir)
-      if "does not match" not in str(e) or not changed:
+      if not changed:
         raise
       raise ValueError(f"{e}; config fields changed since this run began "
                        f"(was -> now): {changed}") from e

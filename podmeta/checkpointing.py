@@ -25,6 +25,10 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be read or does not fit this run."""
 
 
+class CheckpointMismatch(CheckpointError):
+  """A readable checkpoint of another network or optimiser: a config mistake, not a fault."""
+
+
 class _Unreadable(CheckpointError):
   """A checkpoint whose files are damaged (as opposed to one of another config)."""
 
@@ -99,7 +103,7 @@ class Checkpointer:
     non-finite values) is moved aside to `corrupt-<step>` (read-only: left in
     place), never deleted, and the previous one is restored instead, with a
     warning naming both. One that does not match `template` (another network
-    or optimiser) raises CheckpointError naming it: that is a config mistake,
+    or optimiser) raises CheckpointMismatch naming it: that is a config mistake,
     not a fault.
     """
     skipped = []
@@ -133,7 +137,7 @@ class Checkpointer:
       _quiet_stale_read_callbacks()
       msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       if "mismatch" in msg.lower() or "do not match" in msg.lower():
-        raise CheckpointError(
+        raise CheckpointMismatch(
             f"checkpoint {path} does not match this config's network/optimizer "
             f"({msg[:200]})") from e
       raise _Unreadable(f"unreadable checkpoint {path}: {msg[:300]}") from e
@@ -221,10 +225,10 @@ def _check_matches(template, state, path):
   t_leaves, t_tree = jax.tree.flatten(template)
   s_leaves, s_tree = jax.tree.flatten(state)
   if t_tree != s_tree:
-    raise CheckpointError(f"checkpoint {path} does not match this config's network/optimizer")
+    raise CheckpointMismatch(f"checkpoint {path} does not match this config's network/optimizer")
   for t, s in zip(t_leaves, s_leaves):
     if np.shape(t) != np.shape(s):
-      raise CheckpointError(
+      raise CheckpointMismatch(
           f"checkpoint {path} does not match this config's network "
           f"(array of shape {np.shape(s)}, expected {np.shape(t)})")
     if not np.all(np.isfinite(s)) and np.issubdtype(np.asarray(s).dtype, np.floating):

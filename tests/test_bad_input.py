@@ -9,6 +9,7 @@ import pytest
 
 import envs
 from podmeta import builder
+from podmeta import checkpointing
 from podmeta.config import Config
 
 from tests import helpers
@@ -120,9 +121,10 @@ def test_a_refused_checkpoint_names_the_config_fields_changed_since_the_run_bega
   assert "does not match" in message and "\n" not in message
   assert message.endswith("changed since this run began (was -> now): "
                           "seed (0 -> 3), weight_decay (0.0001 -> 0.0)"), message
+  assert isinstance(e.value.__cause__, checkpointing.CheckpointMismatch)
   # Without the run's config.json the error is the checkpoint's alone.
   os.remove(os.path.join(run_dir, "config.json"))
-  with pytest.raises(ValueError, match="does not match") as e:
+  with pytest.raises(checkpointing.CheckpointMismatch, match="does not match") as e:
     builder.preflight(config.replace(weight_decay=0.0), run_dir, num_devices=1)
   assert "changed since" not in str(e.value)
 
