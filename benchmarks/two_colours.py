@@ -39,6 +39,10 @@ run with the same curve points and colour swaps (--log_every, --swap_every).
 A stopped run continues from the shards and whichever saved state got
 further; a resume from _resume/ refills the ring before the next
 meta-update (K+L-1 learner steps, recorded in the shards as `ring_refills`).
+Lanes that have run stay with their saved state whatever --max_lanes the
+next run has; when one program is far behind the others (a final whose
+programs started sessions apart), it is cut in two and each part starts from
+its lanes of the saved state, so that no core waits (two_colours_lib.plan).
 """
 
 import json

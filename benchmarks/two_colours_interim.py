@@ -52,22 +52,30 @@ def lasting_saturation_onset(entropy: np.ndarray, lasting: int,
 
 def load_lanes(partial_dir: str) -> Dict[str, dict]:
   """Curves of the saved programs' lanes, by setting: name -> curve -> [points, lanes],
-  side by side and cut to the shortest program of that setting. Programs
-  saved before their lanes were named are grouped by file."""
-  by_setting: Dict[str, list] = {}
+  side by side and cut to the shortest lane of that setting. A lane saved by
+  two programs (a program and a part split off it, see two_colours_lib.plan)
+  counts once, from the one that got further. Programs saved before their
+  lanes were named are grouped by file."""
+  lanes: Dict[tuple, dict] = {}
   for path in sorted(glob.glob(os.path.join(partial_dir, "*.pkl"))):
     with open(path, "rb") as f:
       saved = pickle.load(f)
-    names = {name for name, _ in saved.get("lanes", ())}
-    name = names.pop() if len(names) == 1 else f"unnamed ({os.path.basename(path)})"
-    by_setting.setdefault(name, []).append(saved["curves"])
-  if not by_setting:
+    names = saved.get("lanes") or [(f"unnamed ({os.path.basename(path)})", None)]
+    for i, (name, seed) in enumerate(names):
+      key = (name, seed if seed is not None else path)
+      curves = {k: [np.asarray(v)[i] if seed is not None else np.asarray(v) for v in
+                    saved["curves"][k]] for k in ("reward", "entropy", "entropy_cost")}
+      if key not in lanes or len(curves["reward"]) > len(lanes[key]["reward"]):
+        lanes[key] = curves
+  if not lanes:
     raise ValueError(f"no saved program state in {partial_dir}")
   out = {}
-  for name, programs in sorted(by_setting.items()):
-    points = min(len(c["reward"]) for c in programs)
-    out[name] = {k: np.concatenate([np.stack(c[k][:points]) for c in programs], axis=1)
-                 for k in ("reward", "entropy", "entropy_cost")}
+  for name in sorted({name for name, _ in lanes}):
+    mine = [c for (n, seed), c in sorted(lanes.items(), key=lambda kv: str(kv[0][1]).zfill(12))
+            if n == name]
+    points = min(len(c["reward"]) for c in mine)
+    out[name] = {k: np.concatenate([np.stack(c[k][:points]).reshape(points, -1) for c in mine],
+                                   axis=1) for k in ("reward", "entropy", "entropy_cost")}
   return out
 
 

@@ -228,7 +228,9 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
               swap_every: int, partial_path: Optional[str] = None,
               save_every_seconds: float = 600.0, deadline: Optional[float] = None,
               portable_path: Optional[str] = None,
-              stop: Optional[threading.Event] = None) -> Optional[List[dict]]:
+              stop: Optional[threading.Event] = None,
+              source: Optional[Tuple[Tuple[str, str], Sequence[int]]] = None
+              ) -> Optional[List[dict]]:
   """Runs lanes (settings[i], seeds[i]) of one program; a result dict per lane.
 
   With `partial_path`, the lanes' whole state is saved there every
@@ -244,6 +246,9 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
   (checked after each curve point; the state is saved). The saved states
   outlive a finished run: the caller removes them (`discard_saved`) once it
   has stored the results, so no moment holds neither.
+  With `source` = ((whole path, portable path), lane indices) and no state
+  of its own yet, the run starts from those lanes of a wider program's saved
+  state (run_jobs splits a program so that every worker has a share).
   """
   assert len({s.program for s in settings}) == 1, "lanes must share one program"
   runner, values, point_steps = _program(settings, log_every, swap_every)
@@ -251,13 +256,20 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
   curves = {k: [] for k in CURVES}
   done, seconds, refills = 0, 0.0, 0
   saved, path = _latest_saved(partial_path, portable_path)
+  portables = {portable_path}
+  if saved is None and source is not None:
+    saved, path = _latest_saved(*source[0])
+    saved = None if saved is None else _lanes_of(saved, source[1])
+    portables.add(source[0][1])
   if saved is None:
     carry = initial_carry(settings, seeds)
   else:
     _check_saved_matches(saved, path, point_steps, swap_every)
+    if saved.get("lanes", _lane_names(settings, seeds)) != _lane_names(settings, seeds):
+      raise ValueError(f"{path} holds the lanes {saved['lanes']}, not this program's")
     carry, curves, done, seconds = saved["carry"], saved["curves"], saved["done"], saved["seconds"]
     refills = saved.get("ring_refills", 0)
-    if path == portable_path:
+    if path in portables:
       carry = _with_ring(carry, initial_carry(settings, seeds))
       refills += int(_has_ring(carry))
     logging.info("resuming %s at point %d/%d", path, done, points)
@@ -285,7 +297,7 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
       saved = {"carry": jax.device_get(carry), "curves": curves, "done": done,
                "seconds": seconds + now - start, "ring_refills": refills,
                "point_steps": point_steps, "swap_every": swap_every,
-               "lanes": [(st.name, int(seed)) for st, seed in zip(settings, seeds)]}
+               "lanes": _lane_names(settings, seeds)}
       if partial_path:
         _save_pickle(partial_path, saved)
       if portable_path:
@@ -354,8 +366,11 @@ def _save_pickle(path, obj):
 def discard_saved(*paths) -> None:
   """Removes a finished program's saved states (see run_lanes)."""
   for path in paths:
-    if path and os.path.exists(path):
-      os.remove(path)
+    try:
+      if path:
+        os.remove(path)
+    except FileNotFoundError:  # never saved, or another worker removed it
+      pass
 
 
 def _check_saved_matches(saved: dict, path: str, point_steps: int, swap_every: int) -> None:
@@ -379,6 +394,20 @@ def _latest_saved(*paths) -> Tuple[Optional[dict], Optional[str]]:
       if best is None or saved["done"] > best["done"]:
         best, best_path = saved, path
   return best, best_path
+
+
+def _lane_names(settings: Sequence[Setting], seeds: Sequence[int]) -> List[Tuple[str, int]]:
+  """How a saved state names its lanes: (setting name, seed) each."""
+  return [(st.name, int(seed)) for st, seed in zip(settings, seeds)]
+
+
+def _lanes_of(saved: dict, idx: Sequence[int]) -> dict:
+  """The saved state of lanes `idx` alone: every leaf of the carry and every
+  curve point is stacked over lanes (jit(vmap(run))), so lanes come apart."""
+  idx = np.asarray(idx)
+  return dict(saved, carry=jax.tree.map(lambda x: np.asarray(x)[idx], saved["carry"]),
+              curves={k: [np.asarray(v)[idx] for v in vs] for k, vs in saved["curves"].items()},
+              lanes=[tuple(saved["lanes"][i]) for i in idx])
 
 
 def _has_ring(carry) -> bool:
@@ -457,20 +486,47 @@ def best_settings(out: str, methods: Sequence[str]) -> Dict[str, Setting]:
   return best
 
 
-def _estimated_cost(group) -> float:
-  setting, steps = group[0][1], group[0][3]
-  per_step = 1.0 if setting.method == "fixed" else 3.0 * setting.k + 2.0
-  return len(group) * steps * per_step
+Job = Tuple[str, Setting, int, int]  # (phase, setting, seed, env steps)
 
 
-def assign(groups: Sequence, workers: int) -> List[List]:
-  """Longest-processing-time-first split of the program groups over workers."""
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """One program of run_jobs: its jobs (one per lane) and, where its lanes
+  have run before, the saved states (whole, portable) of the program they ran
+  in (this one, or a wider one split since), their indices there and the env
+  steps per lane those states hold."""
+  jobs: Tuple[Job, ...]
+  source: Optional[Tuple[str, str]] = None
+  source_lanes: Tuple[int, ...] = ()
+  done_steps: int = 0
+
+  @property
+  def cost(self) -> float:
+    """The work left, in fixed-agent env steps (a meta update costs ~3K+2 of them)."""
+    setting, steps = self.jobs[0][1], self.jobs[0][3]
+    per_step = 1.0 if setting.method == "fixed" else 3.0 * setting.k + 2.0
+    return len(self.jobs) * max(0, steps - self.done_steps) * per_step
+
+  def halves(self) -> List["Program"]:
+    n = len(self.jobs)
+    return [dataclasses.replace(
+        self, jobs=tuple(self.jobs[i] for i in part),
+        source_lanes=tuple(self.source_lanes[i] for i in part) if self.source else ())
+        for part in split_lanes(list(range(n)), -(-n // 2))]
+
+
+def assign(programs: Sequence[Program], workers: int) -> List[List[Program]]:
+  """Longest-processing-time-first split of the programs over workers."""
   loads, shares = [0.0] * workers, [[] for _ in range(workers)]
-  for group in sorted(groups, key=_estimated_cost, reverse=True):
+  for program in sorted(programs, key=lambda p: p.cost, reverse=True):
     i = int(np.argmin(loads))
-    loads[i] += _estimated_cost(group)
-    shares[i].append(group)
+    loads[i] += program.cost
+    shares[i].append(program)
   return shares
+
+
+def _longest(shares: Sequence[Sequence[Program]]) -> float:
+  return max(sum(p.cost for p in share) for share in shares)
 
 
 def split_lanes(group: Sequence, max_lanes: int) -> List[List]:
@@ -481,13 +537,104 @@ def split_lanes(group: Sequence, max_lanes: int) -> List[List]:
   return [list(group[i * n // parts:(i + 1) * n // parts]) for i in range(parts)]
 
 
-def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int,
+def _digest(jobs: Sequence[Job]) -> str:
+  """Names a program's saved state: its agent, program, steps, lane values and seeds."""
+  settings, steps = [j[1] for j in jobs], jobs[0][3]
+  key = (agent_digest(settings[0].agent_extra)
+         + "-".join(str(p) for p in settings[0].program) + f"-{steps}-") + "_".join(
+      f"{s.lane_value:g}x{j[2]}" for s, j in zip(settings, jobs))
+  return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _state_paths(out: str, partial_dir: Optional[str], phase: str,
+                 digest: str) -> Tuple[str, str]:
+  return (os.path.join(partial_dir or os.path.join(out, "_partial"), phase, f"{digest}.pkl"),
+          os.path.join(out, RESUME_DIR, phase, f"{digest}.pkl"))
+
+
+def _lane_key(job: Job) -> Tuple[str, str, int]:
+  return job[0], job[1].name, int(job[2])
+
+
+def _todo(jobs: Sequence[Job], out: str) -> Dict[Tuple[str, str, int], Job]:
+  """The jobs without a shard (of this agent), by lane, in order."""
+  return {_lane_key(j): j for j in jobs
+          if _read_shard(shard_path(out, j[0], j[1], j[2])) is None}
+
+
+def _saved_programs(jobs: Sequence[Job], out: str, partial_dir: Optional[str]):
+  """(state paths, lane keys, env steps per lane done) of each program that
+  saved a state of these jobs, furthest first. A state counts only if its
+  file name is the digest of its lanes' jobs: states of other jobs (another
+  method, step count or agent) are not these jobs' and are left alone."""
+  by_lane = {_lane_key(j): j for j in jobs}
+  found = {}
+  for phase in sorted({j[0] for j in jobs}):
+    for path in sorted(p for directory in _state_paths(out, partial_dir, phase, "*")
+                       for p in glob.glob(directory)):
+      try:
+        with open(path, "rb") as f:
+          saved = pickle.load(f)
+      except FileNotFoundError:  # another worker discarded it meanwhile
+        continue
+      lanes = [(phase, name, int(seed)) for name, seed in saved.get("lanes", ())]
+      if not lanes or any(lane not in by_lane for lane in lanes):
+        continue
+      digest = _digest([by_lane[lane] for lane in lanes])
+      if os.path.basename(path) != f"{digest}.pkl":
+        continue
+      done = saved["done"] * saved.get("point_steps", 0)
+      paths = _state_paths(out, partial_dir, phase, digest)
+      found[digest] = (paths, lanes, max(done, found.get(digest, (0, 0, 0))[2]))
+  return sorted(found.values(), key=lambda f: (-f[2], f[0]))
+
+
+def plan(jobs: Sequence[Job], out: str, partial_dir: Optional[str], max_lanes: int,
+         workers: int) -> List[List[Program]]:
+  """The programs of the jobs without a shard, and each worker's share.
+
+  Lanes that have run before stay with the saved state that got furthest:
+  a run resumes whatever --max_lanes it was started with. A state left with
+  no lane to run (all finished, or taken further by the programs split off
+  it) is discarded. The other lanes are grouped by program, at most
+  `max_lanes` to one. Then the widest program is cut in two while that
+  shortens the longest share by more than 5% (its lanes' extra compilation):
+  the one program left of a final can run on both cores.
+  """
+  todo = _todo(jobs, out)
+  programs, claimed = [], set()
+  for paths, lanes, done in _saved_programs(jobs, out, partial_dir):
+    idx = tuple(i for i, lane in enumerate(lanes) if lane in todo and lane not in claimed)
+    if not idx:
+      discard_saved(*paths)
+      continue
+    claimed.update(lanes[i] for i in idx)
+    programs.append(Program(tuple(todo[lanes[i]] for i in idx), paths, idx, done))
+  fresh: Dict[Tuple, List] = {}
+  for lane, job in todo.items():
+    if lane not in claimed:
+      fresh.setdefault((job[0], job[1].program, job[3]), []).append(job)
+  programs += [Program(tuple(part)) for group in fresh.values()
+               for part in split_lanes(group, max_lanes)]
+  shares = assign(programs, workers)
+  while any(len(p.jobs) > 1 for p in programs):
+    widest = max((p for p in programs if len(p.jobs) > 1), key=lambda p: p.cost)
+    trial = [p for p in programs if p is not widest] + widest.halves()
+    trial_shares = assign(trial, workers)
+    if _longest(trial_shares) > 0.95 * _longest(shares):
+      break
+    programs, shares = trial, trial_shares
+  return shares
+
+
+def run_jobs(jobs: List[Job], out: str, log_every: int,
              swap_every: int, save_every_seconds: float, deadline: Optional[float],
              worker: Tuple[int, int] = (0, 1), partial_dir: Optional[str] = None,
              max_lanes: int = 0, stop: Optional[threading.Event] = None) -> bool:
   """jobs: (phase, setting, seed, steps). Runs those without a shard, grouped by program.
 
-  `worker` = (index, count): this process runs its share of the groups.
+  `worker` = (index, count): this process runs its share of the programs
+  (see `plan`; every worker plans the same from the same files).
   `max_lanes` caps a program's lanes: a final's 10 seeds as two programs of 5
   run on both workers and write their shards twice as soon, which matters
   when a 10M-step program takes most of a working session.
@@ -496,33 +643,26 @@ def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int
   out/_resume, which the repository keeps.
   Returns False if the deadline or `stop` stopped it (see run_lanes).
   """
-  todo = [j for j in jobs if _read_shard(shard_path(out, j[0], j[1], j[2])) is None]
-  by_program: Dict[Tuple, List] = {}
-  for job in todo:
-    by_program.setdefault((job[0], job[1].program, job[3]), []).append(job)
-  groups = [part for group in by_program.values() for part in split_lanes(group, max_lanes)]
   # Cheapest programs first (the headline methods first among equals), so that
   # a run stopped by its deadline has written the shards of as many settings,
   # and of the ones that matter most, as it could.
-  def order(group):
-    return _estimated_cost(group), group[0][1].method not in HEADLINE
-  for i, group in enumerate(sorted(assign(groups, worker[1])[worker[0]], key=order)):
+  def order(program):
+    return program.cost, program.jobs[0][1].method not in HEADLINE
+  share = plan(jobs, out, partial_dir, max_lanes, worker[1])[worker[0]]
+  for i, program in enumerate(sorted(share, key=order)):
     if stop is not None and stop.is_set():
       return False
     if i and deadline is not None and time.time() > deadline:
       return False  # rather than compile a program only to save its first point
+    group = program.jobs
     phase, steps = group[0][0], group[0][3]
     settings = [j[1] for j in group]
     seeds = [j[2] for j in group]
-    key = (agent_digest(settings[0].agent_extra)
-           + "-".join(str(p) for p in settings[0].program) + f"-{steps}-") + "_".join(
-        f"{s.lane_value:g}x{seed}" for s, seed in zip(settings, seeds))
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    partial = os.path.join(partial_dir or os.path.join(out, "_partial"), phase, f"{digest}.pkl")
-    portable = os.path.join(out, RESUME_DIR, phase, f"{digest}.pkl")
+    partial, portable = _state_paths(out, partial_dir, phase, _digest(group))
     logging.info("%s: %s, %d lanes x %d env steps", phase, settings[0].method, len(group), steps)
+    source = (program.source, program.source_lanes) if program.source else None
     results = run_lanes(settings, seeds, steps, log_every, swap_every, partial,
-                        save_every_seconds, deadline, portable, stop)
+                        save_every_seconds, deadline, portable, stop, source)
     if results is None:
       return False
     for (ph, setting, seed, _), result in zip(group, results):
@@ -533,6 +673,12 @@ def run_jobs(jobs: List[Tuple[str, Setting, int, int]], out: str, log_every: int
         json.dump(result, f)
       os.replace(tmp, path)
     discard_saved(partial, portable)
+  # A program split off a wider one leaves that one's state behind until its
+  # last lane has a shard.
+  todo = _todo(jobs, out)
+  for paths, lanes, _ in _saved_programs(jobs, out, partial_dir):
+    if not any(lane in todo for lane in lanes):
+      discard_saved(*paths)
   return True
 
 

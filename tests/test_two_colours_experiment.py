@@ -4,6 +4,7 @@ The agent is the distributed learner's own update function run under
 jit/vmap with the JAX-native env (benchmarks/two_colours_lib.py).
 """
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -244,6 +245,58 @@ def test_a_program_too_wide_for_max_lanes_runs_as_even_parts(tmp_path):
   whole = lib.run_lanes([j[1] for j in jobs], [0] * 3, 2_048, 1_024, 1_024)
   for r in whole:
     np.testing.assert_allclose(shards[r["setting"]]["reward"], r["reward"])
+
+
+def test_a_saved_program_resumes_under_another_grouping_and_splits_for_an_idle_worker(tmp_path):
+  """Lanes that have run stay with their saved state whatever --max_lanes a
+  later run has, and a program far behind the others is cut so that every
+  worker has a share: each part starts from its lanes of the wider program's
+  state, and every lane's run is the one it had in a run never stopped."""
+  setting = lib.Setting("mg_ctx", meta_lr=1e-2, k=1, outer_entropy=0.1)
+  steps, point = 16 * 6, 16  # one learner step per curve point
+  seeds = (0, 1, 2)
+  jobs = [("tune", setting, seed, steps) for seed in seeds]
+  out, whole = str(tmp_path / "shards"), str(tmp_path / "whole")
+  resume_dir = os.path.join(out, lib.RESUME_DIR, "tune")
+  fresh = lib.run_lanes([setting] * 3, list(seeds), steps, point, 1_000)
+
+  def run_workers(deadline):
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      return list(pool.map(lambda w: lib.run_jobs(jobs, out, point, 1_000, 1e9, deadline,
+                                                  (w, 2), whole, max_lanes=8), range(2)))
+
+  # One program of three lanes, stopped after its first point.
+  assert not lib.run_jobs(jobs, out, point, 1_000, 1e9, 0.0, partial_dir=whole)
+  [parent] = os.listdir(resume_dir)
+  # A narrower --max_lanes does not start the lanes afresh.
+  [[program]] = lib.plan(jobs, out, whole, 1, 1)
+  assert len(program.jobs) == 3 and program.done_steps == point
+  # Two workers: the three lanes are cut into programs of one and two.
+  shares = lib.plan(jobs, out, whole, 8, 2)
+  assert sorted(len(p.jobs) for share in shares for p in share) == [1, 2]
+  assert all(p.source[1].endswith(parent) and p.done_steps == point
+             for share in shares for p in share)
+  assert run_workers(0.0) == [False, False]  # each part saves its state after a point
+  assert len(os.listdir(resume_dir)) == 3
+  # The interim report counts each lane once, from the part that got further.
+  from benchmarks import two_colours_interim as interim
+  curves = interim.load_lanes(resume_dir)[setting.name]["reward"]
+  np.testing.assert_allclose(curves.T, [run["reward"][:2] for run in fresh])
+  # The parts got further than the program they came from: the next plan
+  # discards its state, and the parts resume their own.
+  shares = lib.plan(jobs, out, whole, 8, 2)
+  assert sorted(os.listdir(resume_dir)) == sorted(os.listdir(os.path.join(whole, "tune")))
+  assert parent not in os.listdir(resume_dir) and len(os.listdir(resume_dir)) == 2
+  assert sorted(p.done_steps for share in shares for p in share) == [2 * point] * 2
+  assert run_workers(None) == [True, True]
+  assert not os.listdir(resume_dir) and not os.listdir(os.path.join(whole, "tune"))
+  shards = {s["seed"]: s for s in lib.load_shards(out, "tune")}
+  assert sorted(s["lanes"] for s in shards.values()) == [1, 2, 2]
+  for seed, run in zip(seeds, fresh):
+    assert shards[seed]["ring_refills"] == 0 and len(shards[seed]["reward"]) == 6
+    np.testing.assert_allclose(shards[seed]["reward"], run["reward"])
+    np.testing.assert_allclose(shards[seed]["entropy_cost"], run["entropy_cost"], rtol=1e-4)
+  assert fresh[0]["entropy_cost"][-1] != fresh[0]["entropy_cost"][0]  # the meta side moved
 
 
 def test_published_ci_and_welch_against_references():
