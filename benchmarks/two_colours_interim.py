@@ -60,19 +60,19 @@ def load_lanes(partial_dir: str) -> Dict[str, dict]:
   for path in sorted(glob.glob(os.path.join(partial_dir, "*.pkl"))):
     with open(path, "rb") as f:
       saved = pickle.load(f)
-    names = saved.get("lanes") or [(f"unnamed ({os.path.basename(path)})", None)]
-    for i, (name, seed) in enumerate(names):
-      key = (name, seed if seed is not None else path)
-      curves = {k: [np.asarray(v)[i] if seed is not None else np.asarray(v) for v in
-                    saved["curves"][k]] for k in ("reward", "entropy", "entropy_cost")}
+    named = saved.get("lanes")
+    entries = ([((name, seed), i) for i, (name, seed) in enumerate(named)] if named
+               else [((f"unnamed ({os.path.basename(path)})", 0), slice(None))])
+    for key, i in entries:
+      curves = {k: [np.asarray(v)[i] for v in saved["curves"][k]]
+                for k in ("reward", "entropy", "entropy_cost")}
       if key not in lanes or len(curves["reward"]) > len(lanes[key]["reward"]):
         lanes[key] = curves
   if not lanes:
     raise ValueError(f"no saved program state in {partial_dir}")
   out = {}
   for name in sorted({name for name, _ in lanes}):
-    mine = [c for (n, seed), c in sorted(lanes.items(), key=lambda kv: str(kv[0][1]).zfill(12))
-            if n == name]
+    mine = [lanes[key] for key in sorted(key for key in lanes if key[0] == name)]
     points = min(len(c["reward"]) for c in mine)
     out[name] = {k: np.concatenate([np.stack(c[k][:points]).reshape(points, -1) for c in mine],
                                    axis=1) for k in ("reward", "entropy", "entropy_cost")}

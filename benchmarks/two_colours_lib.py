@@ -255,6 +255,7 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
   points = max(1, steps // point_steps)
   curves = {k: [] for k in CURVES}
   done, seconds, refills = 0, 0.0, 0
+  names = _lane_names(settings, seeds)
   saved, path = _latest_saved(partial_path, portable_path)
   portables = {portable_path}
   if saved is None and source is not None:
@@ -265,7 +266,7 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
     carry = initial_carry(settings, seeds)
   else:
     _check_saved_matches(saved, path, point_steps, swap_every)
-    if saved.get("lanes", _lane_names(settings, seeds)) != _lane_names(settings, seeds):
+    if saved.get("lanes", names) != names:
       raise ValueError(f"{path} holds the lanes {saved['lanes']}, not this program's")
     carry, curves, done, seconds = saved["carry"], saved["curves"], saved["done"], saved["seconds"]
     refills = saved.get("ring_refills", 0)
@@ -297,7 +298,7 @@ def run_lanes(settings: Sequence[Setting], seeds: Sequence[int], steps: int, log
       saved = {"carry": jax.device_get(carry), "curves": curves, "done": done,
                "seconds": seconds + now - start, "ring_refills": refills,
                "point_steps": point_steps, "swap_every": swap_every,
-               "lanes": _lane_names(settings, seeds)}
+               "lanes": names}
       if partial_path:
         _save_pickle(partial_path, saved)
       if portable_path:
